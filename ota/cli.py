@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import click
+import typer
 import typer.main
+from typer import _click  # typer >= 0.20 vendors its own click; groups must be built from the same one.
+from typer.core import TyperCommand, TyperGroup
 
-# name -> ("module:attribute" of a typer.Typer, one-line help shown by --help without importing it)
+# name -> ("module:attribute" of a typer.Typer or a command function, one-line help)
 GROUPS: dict[str, tuple[str, str]] = {
     "stack": ("pipelines.cli:stack_app", "Register and activate the ZenML stack (local or remote MLflow)."),
     "pipeline": ("pipelines.cli:pipeline_app", "Run the training pipeline and print its results."),
@@ -30,53 +32,71 @@ GROUPS: dict[str, tuple[str, str]] = {
 }
 
 
-def _load(spec: str) -> click.Command:
+def _load(name: str, spec: str) -> _click.Command:
     module_name, _, attribute = spec.partition(":")
     target: Any = getattr(importlib.import_module(module_name), attribute)
     if isinstance(target, typer.Typer):
-        return typer.main.get_command(target)
-    if callable(target):
-        return typer.main.get_command(_single(target))
-    raise TypeError(f"{spec} is not a Typer app or a command function")
+        if target.registered_callback is None:
+            # A Typer app with one command collapses into that command; a callback keeps it a group,
+            # so `edgefleet stack init` stays `stack init` even while `init` is the only command.
+            target.callback()(_group_callback)
+        command = typer.main.get_command(target)
+    elif callable(target):
+        single = typer.Typer(add_completion=False)
+        single.command(name=name)(target)
+        command = typer.main.get_command(single)
+    else:
+        raise TypeError(f"{spec} is not a Typer app or a command function")
+    command.name = name
+    return command
 
 
-def _single(function: Any) -> typer.Typer:
-    app = typer.Typer(add_completion=False)
-    app.command()(function)
-    return app
+def _group_callback() -> None:
+    """Keep a one-command Typer app a group."""
 
 
-class LazyGroup(click.Group):
-    """A click group whose sub-commands are imported on first use."""
+def _unavailable(name: str, help_text: str, reason: str) -> _click.Command:
+    """A placeholder for a group whose code or dependencies are not installed here."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def fail() -> None:
+        raise _click.ClickException(
+            f"`edgefleet {name}` is not available in this install ({reason}). "
+            "Install the matching extra, for example `pip install 'edgefleet[pipeline,server]'`."
+        )
+
+    return TyperCommand(name=name, callback=fail, help=f"{help_text} [unavailable: {reason}]")
+
+
+class LazyGroup(TyperGroup):
+    """The root group: sub-commands are imported on first use, and only the one invoked."""
+
+    def list_commands(self, ctx: _click.Context) -> list[str]:
         return sorted(GROUPS)
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: _click.Context, cmd_name: str) -> _click.Command | None:
         spec = GROUPS.get(cmd_name)
         if spec is None:
             return None
         try:
-            command = _load(spec[0])
+            return _load(cmd_name, spec[0])
         except ModuleNotFoundError as exc:
-            raise click.ClickException(
-                f"`edgefleet {cmd_name}` needs a dependency that is not installed ({exc.name}). "
-                "Install the matching extra, for example `pip install 'edgefleet[pipeline,server]'`."
-            ) from exc
-        command.help = command.help or spec[1]
-        return command
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, GROUPS[name][1]) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+            return _unavailable(cmd_name, spec[1], f"missing module {exc.name}")
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+app = typer.Typer(
+    cls=LazyGroup,
+    add_completion=False,
+    no_args_is_help=True,
+    help="EdgeFleet: train, distil, quantize and register models, then ship them over the air.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def root() -> None:
     """EdgeFleet: train, distil, quantize and register models, then ship them over the air."""
 
 
 def main() -> None:
     """Console-script entry point."""
-    cli()
+    app()

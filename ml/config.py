@@ -1,0 +1,97 @@
+"""Typed configuration of the model pipeline, validated from the ``parameters`` block of a config YAML.
+
+Each section maps to one stage in ``ml/``; the ZenML steps receive these models, so a typo in a YAML key
+fails the run up front with a pydantic message naming the key.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Which data set to load and how to split it."""
+
+    source: str = "digits"
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    seed: int = 0
+
+
+class TrainConfig(_Section):
+    """Optimiser settings of one training run."""
+
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    patience: int = Field(4, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+
+
+class DistillConfig(_Section):
+    """Knowledge distillation: loss = α·T²·KL + (1−α)·CE + β·MSE(adapter(f_s), f_t)."""
+
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1)
+    beta: float = Field(0.5, ge=0)
+    train: TrainConfig = TrainConfig()
+    ablation: bool = Field(True, description="Also train the student on labels alone and report the KD gain.")
+
+
+class PruneConfig(_Section):
+    """Unstructured and structured pruning of the student."""
+
+    unstructured_sparsity: float = Field(0.5, ge=0, lt=1)
+    structured_ratio: float = Field(0.25, ge=0, lt=1)
+    multiple_of: int = Field(8, ge=1)
+    fine_tune: TrainConfig = TrainConfig(epochs=3, lr=1e-3, patience=2)
+
+
+class QuantizeConfig(_Section):
+    """INT8 quantization with ONNX Runtime."""
+
+    calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
+    calibration_size: int = Field(256, ge=1)
+    per_channel: bool = True
+    dynamic: bool = True
+    qat: bool = True
+    qat_train: TrainConfig = TrainConfig(epochs=2, lr=5e-4, patience=2)
+
+
+class BenchmarkConfig(_Section):
+    """Latency and throughput measurement."""
+
+    threads: int = Field(1, ge=1)
+    runs: int = Field(1000, ge=10)
+    warmup: int = Field(50, ge=1)
+    throughput_batch: int = Field(64, ge=1)
+    throughput_runs: int = Field(30, ge=1)
+
+
+class ProfileGates(_Section):
+    """A deployment target profile: the gates a variant must pass to ship to it."""
+
+    min_accuracy: float = Field(0.0, ge=0, le=1)
+    max_accuracy_drop_vs_teacher: float = Field(1.0, ge=0, le=1)
+    max_p99_ms: float = Field(1e9, gt=0)
+    max_size_kb: float = Field(1e12, gt=0)
+
+
+class TrainingPipelineConfig(_Section):
+    """Everything the training pipeline needs; the ``parameters.config`` block of a YAML."""
+
+    model_name: str = Field("edgefleet-digits", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    data: DataConfig = DataConfig()
+    teacher: TrainConfig = TrainConfig()
+    student: DistillConfig = DistillConfig()
+    prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    profiles: dict[str, ProfileGates] = Field(default_factory=lambda: {"cpu-int8-small": ProfileGates()})

@@ -1,0 +1,20 @@
+"""Typed errors of the registry layer.
+
+RegistryError
+├── ModelNotFoundError     no such registered model, version or alias
+└── PromotionRefusedError  promotion gates failed; the message is the gate table
+"""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Root of every error raised by ``registry``."""
+
+
+class ModelNotFoundError(RegistryError):
+    """The registered model, version or alias does not exist."""
+
+
+class PromotionRefusedError(RegistryError):
+    """A promotion failed its gates and was not forced."""

@@ -1,0 +1,47 @@
+"""Step: train the teacher CNN with a fixed seed and early stopping on validation accuracy."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from torch import nn
+from zenml import log_metadata, step
+
+from ml.config import TrainConfig
+from ml.data import DataSplits
+from ml.nets import TEACHER_SPEC, build_net, count_macs, count_parameters
+from ml.train import accuracy, fit, seed_everything
+from steps.progress import epoch_progress
+
+
+@step
+def train_teacher(
+    splits: DataSplits, config: TrainConfig, threads: int = 2
+) -> tuple[Annotated[nn.Module, "teacher"], Annotated[dict[str, float], "teacher_metrics"]]:
+    """Train the teacher; report its test accuracy, parameters and multiply-adds."""
+    torch.set_num_threads(threads)
+    seed_everything(config.seed)
+    teacher = build_net(TEACHER_SPEC, in_channels=splits.input_shape[0], num_classes=splits.num_classes)
+    with epoch_progress("teacher", config.epochs) as progress:
+        result = fit(
+            teacher,
+            (splits.x_train, splits.y_train),
+            (splits.x_val, splits.y_val),
+            epochs=config.epochs,
+            lr=config.lr,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            patience=config.patience,
+            weight_decay=config.weight_decay,
+            progress=progress,
+        )
+    metrics = {
+        "test_accuracy": accuracy(teacher, splits.x_test, splits.y_test),
+        "best_val_accuracy": result.best_val_accuracy,
+        "epochs_run": float(result.epochs_run),
+        "parameters": float(count_parameters(teacher)),
+        "macs": float(count_macs(teacher, splits.input_shape)),
+    }
+    log_metadata(metrics)
+    return teacher, metrics
