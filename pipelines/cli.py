@@ -24,7 +24,7 @@ pipeline_app = typer.Typer(help="Run the training pipeline and print its results
 def stack_init(
     tracking_uri: Annotated[
         str | None,
-        typer.Option(help="Remote MLflow tracking URI; default: the embedded SQLite store under .edgefleet/."),
+        typer.Option(help="Remote MLflow tracking URI; default: embedded SQLite under .edgefleet/."),
     ] = None,
     name: Annotated[str, typer.Option(help="ZenML stack name.")] = "edgefleet",
 ) -> None:

@@ -6,6 +6,8 @@ holds plain, inspectable files rather than a pickle.
 
 from __future__ import annotations
 
+# Artifact-store URIs may be remote (s3://...), so they are joined as strings, not as local Paths.
+# ruff: noqa: PTH118
 import json
 import os
 from typing import Any, ClassVar

@@ -30,7 +30,8 @@ def epoch_progress(label: str, total: int) -> Iterator[Callable[[int, dict[str, 
 @contextmanager
 def count_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
     """A rich progress bar over ``total`` items; yields ``advance(n)``."""
-    with Progress(TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+    columns = (TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns) as bar:
         task = bar.add_task(label, total=total)
 
         def advance(n: int = 1) -> None:

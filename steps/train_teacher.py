@@ -43,5 +43,5 @@ def train_teacher(
         "parameters": float(count_parameters(teacher)),
         "macs": float(count_macs(teacher, splits.input_shape)),
     }
-    log_metadata(metrics)
+    log_metadata(dict(metrics.items()))
     return teacher, metrics
