@@ -31,6 +31,8 @@ PROFILE_TAG = "edgefleet.profile"
 VARIANT_TAG = "edgefleet.variant"
 SHA256_TAG = "edgefleet.sha256"
 CANDIDATE_ALIAS = "candidate"
+# Declared, not inferred: MLflow's requirement inference loads the model in a subprocess (~10 s each).
+PIP_REQUIREMENTS = ["onnx", "onnxruntime"]
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ def register_variant(
                 name=profile,
                 registered_model_name=model_name,
                 save_as_external_data=False,
+                pip_requirements=PIP_REQUIREMENTS,
                 extra_files=[str(parent_path), *(str(p) for p in extra_files)],
                 params=dict(params),
                 tags=tags,

@@ -1,0 +1,229 @@
+"""Build every deployable variant of a trained teacher and student, score them, and describe them.
+
+Pipeline steps 3–5 in one plain function (see ARCHITECTURE.md), shared by the ZenML step and by
+``bench/pipeline_bench.py``: prune the student (structured and unstructured, each fine-tuned), export the
+FP32 models to ONNX with a parity check, quantize to INT8 (static QDQ with calibration on training data,
+dynamic, and QAT), then score every variant on the held-out test split (accuracy, top-1 agreement with its
+FP32 parent). The result is a folder of ``.onnx`` files plus ``variants.json``, which is what the ZenML
+artifact store keeps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from ml.benchmark import Candidate
+from ml.config import PruneConfig, QuantizeConfig, TrainConfig
+from ml.data import DataSplits
+from ml.errors import DataError
+from ml.evaluate import score_variant
+from ml.export import check_parity, export_onnx
+from ml.nets import ConvNet
+from ml.prune import prune_report, prune_structured, prune_unstructured
+from ml.quantize import export_qat, prepare_qat, quantize_dynamic_int8, quantize_static_int8
+from ml.report import write_atomic
+from ml.train import fit
+
+MANIFEST = "variants.json"
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    """One ONNX variant in a variants folder."""
+
+    name: str
+    file: str
+    kind: str
+    parent: str | None
+    accuracy: float
+    agreement_with_parent: float | None = None
+    parity_max_abs_diff: float | None = None
+
+
+@dataclass(frozen=True)
+class VariantManifest:
+    """The contents of a variants folder: the variants and the pruning report rows."""
+
+    variants: tuple[VariantInfo, ...]
+    input_shape: tuple[int, int, int]
+    pruning: tuple[tuple[str, str, float, float, float], ...] = field(default=())
+
+    def by_name(self) -> dict[str, VariantInfo]:
+        """Variants keyed by name."""
+        return {v.name: v for v in self.variants}
+
+
+def _fine_tuner(splits: DataSplits, config: TrainConfig) -> Callable[[nn.Module], object]:
+    def fine_tune(model: nn.Module) -> object:
+        return fit(
+            model,
+            (splits.x_train, splits.y_train),
+            (splits.x_val, splits.y_val),
+            epochs=config.epochs,
+            lr=config.lr,
+            batch_size=config.batch_size,
+            patience=config.patience,
+            seed=config.seed,
+            weight_decay=config.weight_decay,
+        )
+
+    return fine_tune
+
+
+def build_variants(
+    *,
+    teacher: ConvNet,
+    student: ConvNet,
+    splits: DataSplits,
+    folder: Path,
+    prune: PruneConfig,
+    quantize: QuantizeConfig,
+    threads: int = 1,
+    log: Log = lambda _message: None,
+) -> VariantManifest:
+    """Prune, export, quantize and score; write the ONNX files and ``variants.json`` into ``folder``.
+
+    Args:
+        teacher: The trained teacher (FP32 parent of the teacher variants, and the latency baseline).
+        student: The distilled student.
+        splits: The data: training inputs calibrate and fine-tune; the test split scores.
+        folder: Output folder (created).
+        prune: Pruning settings.
+        quantize: Quantization settings.
+        threads: ONNX Runtime threads for scoring.
+        log: Receives one line per stage.
+
+    Returns:
+        The manifest that was written.
+
+    Raises:
+        PruningError, ExportError, QuantizationError: A stage failed (see ``ml.errors``).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = splits.input_shape
+    teacher.eval()
+    student.eval()
+    log(f"pruning: structured {prune.structured_ratio:.0%}, unstructured {prune.unstructured_sparsity:.0%}")
+    fine_tune = _fine_tuner(splits, prune.fine_tune)
+    structured = prune_structured(
+        student, prune.structured_ratio, multiple_of=prune.multiple_of, fine_tune=fine_tune
+    ).eval()
+    sparse = prune_unstructured(student, prune.unstructured_sparsity, fine_tune=fine_tune).eval()
+    pruning: list[tuple[str, str, float, float, float]] = []
+    for label, pruned in (("structured", structured), ("unstructured", sparse)):
+        report = prune_report(label, student, pruned, shape, threads=threads)
+        pruning.extend((label, *row) for row in report.rows())
+
+    log("exporting FP32 variants to ONNX (parity-checked against torch)")
+    fp32_models: dict[str, ConvNet] = {
+        "teacher-fp32": teacher,
+        "student-fp32": student,
+        "student-structured-fp32": structured,
+        "student-sparse-fp32": sparse,
+    }
+    files: dict[str, tuple[str, str | None, str]] = {}  # name -> (file, parent, kind)
+    parity: dict[str, float] = {}
+    for name, model in fp32_models.items():
+        path = export_onnx(model, folder / f"{name}.onnx", shape)
+        parity[name] = check_parity(model, path, splits.x_test).max_abs_diff
+        files[name] = (path.name, None, "fp32")
+
+    log(f"static INT8 (QDQ, {quantize.calibration_method}, {quantize.calibration_size} training samples)")
+    for parent in ("teacher-fp32", "student-fp32", "student-structured-fp32"):
+        name = parent.removesuffix("-fp32") + "-int8-static"
+        path = quantize_static_int8(
+            folder / files[parent][0],
+            folder / f"{name}.onnx",
+            splits.x_train,
+            method=quantize.calibration_method,
+            calibration_size=quantize.calibration_size,
+            per_channel=quantize.per_channel,
+        )
+        files[name] = (path.name, parent, "int8-static")
+    if quantize.dynamic:
+        log("dynamic INT8 (slow for conv nets: activations are quantized at run time)")
+        for parent in ("teacher-fp32", "student-fp32"):
+            name = parent.removesuffix("-fp32") + "-int8-dynamic"
+            path = quantize_dynamic_int8(
+                folder / files[parent][0], folder / f"{name}.onnx", per_channel=quantize.per_channel
+            )
+            files[name] = (path.name, parent, "int8-dynamic")
+    if quantize.qat:
+        log(f"quantization-aware training ({quantize.qat_train.epochs} epochs), exported as QDQ")
+        qat_model = prepare_qat(student)
+        _fine_tuner(splits, quantize.qat_train)(qat_model)
+        path = export_qat(qat_model, folder / "student-int8-qat.onnx", shape)
+        files["student-int8-qat"] = (path.name, "student-fp32", "int8-qat")
+
+    log("scoring every variant on the held-out test split")
+    logits: dict[str, np.ndarray] = {}
+    infos: list[VariantInfo] = []
+    for name, (file, parent_name, kind) in files.items():
+        parent_logits = logits[parent_name] if parent_name else None
+        score, logits[name] = score_variant(
+            folder / file, splits.x_test, splits.y_test, parent_logits=parent_logits, threads=threads
+        )
+        infos.append(
+            VariantInfo(
+                name=name,
+                file=file,
+                kind=kind,
+                parent=parent_name,
+                accuracy=score.accuracy,
+                agreement_with_parent=score.agreement_with_parent,
+                parity_max_abs_diff=parity.get(name),
+            )
+        )
+    manifest = VariantManifest(variants=tuple(infos), input_shape=shape, pruning=tuple(pruning))
+    write_atomic(folder / MANIFEST, json.dumps(asdict(manifest), indent=2).encode())
+    return manifest
+
+
+def load_manifest(folder: Path) -> VariantManifest:
+    """Read ``variants.json`` from a variants folder.
+
+    Raises:
+        DataError: The folder has no readable manifest, or it names a missing file.
+    """
+    try:
+        raw = json.loads((folder / MANIFEST).read_text())
+        variants = tuple(VariantInfo(**v) for v in raw["variants"])
+        shape = tuple(int(d) for d in raw["input_shape"])
+        pruning = tuple(tuple(row) for row in raw.get("pruning", ()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{folder / MANIFEST}: not a readable variants manifest ({exc})") from exc
+    missing = [v.file for v in variants if not (folder / v.file).is_file()]
+    if missing:
+        raise DataError(f"{folder}: manifest names missing files {missing}")
+    if len(shape) != 3:
+        raise DataError(f"{folder / MANIFEST}: input_shape must have 3 dimensions, got {shape}")
+    return VariantManifest(
+        variants=variants,
+        input_shape=(shape[0], shape[1], shape[2]),
+        pruning=pruning,
+    )
+
+
+def candidates(
+    folder: Path, manifest: VariantManifest, *, teacher: nn.Module, teacher_accuracy: float
+) -> list[Candidate]:
+    """Benchmark candidates: the torch-eager teacher (baseline) first, then every ONNX variant."""
+    out = [Candidate(name="teacher-torch-eager", torch_model=teacher, accuracy=teacher_accuracy)]
+    for info in manifest.variants:
+        out.append(
+            Candidate(
+                name=info.name,
+                onnx_path=folder / info.file,
+                accuracy=info.accuracy,
+                agreement_with_parent=info.agreement_with_parent,
+                parent=info.parent,
+            )
+        )
+    return out

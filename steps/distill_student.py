@@ -1,0 +1,72 @@
+"""Steps: distil the student from the teacher, and train the label-only student for the KD ablation."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from torch import nn
+from zenml import log_metadata, step
+
+from ml.config import DistillConfig as DistillSection
+from ml.data import DataSplits
+from ml.distill import DistillConfig, build_student, distill, train_label_only
+from ml.nets import ConvNet, count_parameters
+from ml.train import accuracy
+from steps.progress import epoch_progress
+
+
+def _distill_config(section: DistillSection) -> DistillConfig:
+    train = section.train
+    return DistillConfig(
+        temperature=section.temperature,
+        alpha=section.alpha,
+        beta=section.beta,
+        epochs=train.epochs,
+        lr=train.lr,
+        batch_size=train.batch_size,
+        patience=train.patience,
+        seed=train.seed,
+        weight_decay=train.weight_decay,
+    )
+
+
+@step
+def distill_student(
+    splits: DataSplits, teacher: nn.Module, config: DistillSection, threads: int = 2
+) -> tuple[Annotated[nn.Module, "student"], Annotated[dict[str, float], "student_metrics"]]:
+    """Knowledge distillation: KL on softened logits + CE + feature matching through a 1×1 adapter."""
+    torch.set_num_threads(threads)
+    assert isinstance(teacher, ConvNet)
+    settings = _distill_config(config)
+    student = build_student(splits, seed=settings.seed)
+    with epoch_progress("student (KD)", settings.epochs) as progress:
+        result = distill(student, teacher, splits, settings, progress=progress)
+    metrics = {
+        "test_accuracy": accuracy(student, splits.x_test, splits.y_test),
+        "best_val_accuracy": result.best_val_accuracy,
+        "epochs_run": float(result.epochs_run),
+        "parameters": float(count_parameters(student)),
+        "teacher_to_student_parameter_ratio": count_parameters(teacher) / count_parameters(student),
+    }
+    log_metadata(dict(metrics.items()))
+    return student, metrics
+
+
+@step
+def train_label_only_student(
+    splits: DataSplits, config: DistillSection, threads: int = 2
+) -> Annotated[dict[str, float], "ablation_metrics"]:
+    """The ablation: the same student, seed and optimiser, trained on labels alone."""
+    torch.set_num_threads(threads)
+    settings = _distill_config(config)
+    student = build_student(splits, seed=settings.seed)
+    with epoch_progress("student (labels only)", settings.epochs) as progress:
+        result = train_label_only(student, splits, settings, progress=progress)
+    metrics = {
+        "test_accuracy": accuracy(student, splits.x_test, splits.y_test),
+        "best_val_accuracy": result.best_val_accuracy,
+        "epochs_run": float(result.epochs_run),
+    }
+    log_metadata(dict(metrics.items()))
+    return metrics
