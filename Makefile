@@ -31,7 +31,8 @@ setup: $(STAMP)
 	$(BIN)/edgefleet stack init
 
 run: setup
-	$(BIN)/edgefleet demo --config configs/default.yaml
+	$(BIN)/zenml pipeline run pipelines.training.training_pipeline -c configs/default.yaml
+	$(BIN)/edgefleet pipeline summary
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

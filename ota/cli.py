@@ -18,8 +18,7 @@ from typer.core import TyperCommand, TyperGroup
 # name -> ("module:attribute" of a typer.Typer or a command function, one-line help)
 GROUPS: dict[str, tuple[str, str]] = {
     "stack": ("pipelines.cli:stack_app", "Register and activate the ZenML stack (local or remote MLflow)."),
-    "pipeline": ("pipelines.cli:pipeline_app", "Run the training pipeline and print its results."),
-    "demo": ("pipelines.cli:demo_command", "Run the main job on embedded defaults (what `make run` runs)."),
+    "pipeline": ("pipelines.cli:pipeline_app", "Summarise training pipeline runs (variants, versions)."),
     "models": ("registry.cli:models_app", "List, compare, promote and roll back model versions."),
     "delta": ("ota.core.cli:delta_app", "Make, apply and inspect model-aware delta patches."),
     "server": ("ota.server.cli:server_app", "Run and migrate the OTA server."),

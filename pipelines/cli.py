@@ -1,4 +1,4 @@
-"""``edgefleet stack``, ``edgefleet pipeline`` and ``edgefleet demo``: the ZenML side of the CLI.
+"""``edgefleet stack`` and ``edgefleet pipeline``: the ZenML side of the CLI.
 
 ZenML reads its config path at import time, so this module sets the project-local environment before any
 zenml import (``pipelines.paths.configure_environment``).
@@ -15,9 +15,10 @@ from pipelines.paths import configure_environment
 
 configure_environment()
 
-console = Console()
+# Wide enough for the variants table when output is a pipe or a CI log rather than a terminal.
+console = Console(width=None if Console().is_terminal else 160)
 stack_app = typer.Typer(help="Register and activate the ZenML stack.", no_args_is_help=True)
-pipeline_app = typer.Typer(help="Run the training pipeline and print its results.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Summarise training pipeline runs.", no_args_is_help=True)
 
 
 @stack_app.command("init")
@@ -41,20 +42,15 @@ def stack_init(
     console.print(f"  ZenML store:         {info.zenml_store}")
 
 
-@pipeline_app.command("run")
-def pipeline_run(
-    config: Annotated[str, typer.Option("--config", "-c", help="Pipeline YAML.")] = "configs/default.yaml",
-) -> None:
-    """Run the training pipeline with a config and print the variants and registered versions."""
-    from pipelines.runner import run_training
+@pipeline_app.command("summary")
+def pipeline_summary() -> None:
+    """Print the last training run's variants table, the registered versions and where to look."""
+    from pipelines.stack import ensure_tracking_uri
+    from pipelines.summary import print_summary
 
-    raise typer.Exit(run_training(config, console=console))
-
-
-def demo_command(
-    config: Annotated[str, typer.Option("--config", "-c", help="Pipeline YAML.")] = "configs/default.yaml",
-) -> None:
-    """Run the main job on embedded defaults: the training pipeline, then its summary."""
-    from pipelines.runner import run_training
-
-    raise typer.Exit(run_training(config, console=console))
+    ensure_tracking_uri()
+    try:
+        print_summary(console)
+    except LookupError as exc:
+        console.print(f"[red]{exc}[/]: run `make run` first")
+        raise typer.Exit(1) from exc

@@ -98,3 +98,22 @@ def _ensure_local_experiments(uri: str) -> None:
 
     for name in EXPERIMENTS:
         ensure_experiment(uri, name, artifact_location=f"{default_artifact_root()}/{name}")
+
+
+def active_tracking_uri() -> str:
+    """The MLflow tracking URI of the active stack's experiment tracker (the embedded store if unset)."""
+    tracker = Client().active_stack_model.components.get(StackComponentType.EXPERIMENT_TRACKER)
+    if tracker:
+        uri = tracker[0].configuration.get("tracking_uri")
+        if uri:
+            return str(uri)
+    return default_tracking_uri()
+
+
+def ensure_tracking_uri() -> str:
+    """Point this process's MLflow client at the active stack's store, for commands outside a step."""
+    from registry.store import use_tracking_uri
+
+    uri = active_tracking_uri()
+    use_tracking_uri(uri)
+    return uri

@@ -219,3 +219,9 @@ def version_metrics(version: ModelVersion) -> dict[str, float]:
 def tracking_uri_from_env() -> str | None:
     """``MLFLOW_TRACKING_URI`` if set, else None (the caller then uses the stack's or embedded URI)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def use_tracking_uri(uri: str) -> None:
+    """Point this process's MLflow client (tracking and registry) at ``uri``."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)

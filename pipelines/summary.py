@@ -1,0 +1,93 @@
+"""What `make run` prints after the training pipeline: variants, registered versions, and where to look.
+
+Every figure is read back from the stores (ZenML's last successful run, MLflow's registry), not from the
+process that ran the pipeline, so the summary is also what a colleague sees later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.paths import configure_environment, edgefleet_home
+
+configure_environment()
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+from zenml.client import Client  # noqa: E402
+from zenml.enums import ExecutionStatus  # noqa: E402
+
+from registry.store import client_for  # noqa: E402
+
+BASELINE = "teacher-torch-eager"
+
+
+def _last_successful_run(pipeline_name: str) -> Any:
+    runs = Client().list_pipeline_runs(
+        pipeline_name=pipeline_name, status=ExecutionStatus.COMPLETED, sort_by="desc:created", size=1
+    )
+    if not runs.items:
+        raise LookupError(f"no completed run of {pipeline_name} in this ZenML store")
+    return runs.items[0]
+
+
+def variants_table(benchmark: list[dict[str, Any]]) -> Table:
+    """Accuracy, size, P50, P99, throughput, and ratios to the PyTorch-eager teacher, per variant."""
+    baseline = next(row for row in benchmark if row["name"] == BASELINE)
+    table = Table(title="Variants (batch-1 latency on ONNX Runtime; baseline: teacher in PyTorch eager)")
+    for column in (
+        "variant",
+        "accuracy",
+        "size KiB",
+        "P50 ms",
+        "P99 ms",
+        "samples/s",
+        "P50 speed-up",
+        "size ratio",
+    ):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for row in benchmark:
+        accuracy = row.get("accuracy")
+        table.add_row(
+            row["name"],
+            f"{accuracy * 100:.2f} %" if accuracy is not None else "-",
+            f"{row['size_bytes'] / 1024:,.1f}",
+            f"{row['p50_ms']:.4f}",
+            f"{row['p99_ms']:.4f}",
+            f"{row['throughput_sps']:,.0f}",
+            f"{baseline['p50_ms'] / row['p50_ms']:.1f}×",
+            f"1/{baseline['size_bytes'] / row['size_bytes']:.1f}",
+        )
+    return table
+
+
+def print_summary(console: Console, *, pipeline_name: str = "training_pipeline") -> None:
+    """Print the last run's variants, the registered versions with aliases, and the UI commands.
+
+    Raises:
+        LookupError: No completed run of the pipeline exists.
+    """
+    run = _last_successful_run(pipeline_name)
+    benchmark = run.steps["benchmark_variants"].outputs["benchmark"][0].load()
+    registered = run.steps["register_models"].outputs["registered_versions"][0].load()
+    console.print(f"ZenML run [bold]{run.name}[/] ({run.id})")
+    console.print(variants_table(benchmark))
+    versions = Table(title="Registered in MLflow")
+    for column in ("profile", "registered model", "version", "variant", "aliases", "new"):
+        versions.add_column(column)
+    client = client_for()
+    for profile, entry in registered.items():
+        model = client.get_registered_model(entry["name"])
+        aliases = sorted(a for a, v in model.aliases.items() if str(v) == entry["version"])
+        versions.add_row(
+            profile, entry["name"], entry["version"], entry["variant"], ", ".join(aliases), entry["created"]
+        )
+    console.print(versions)
+    home = edgefleet_home()
+    console.print("Look at the results:")
+    console.print(
+        f"  MLflow UI:        .venv/bin/mlflow ui --backend-store-uri {client.tracking_uri} --port 5000"
+    )
+    console.print(
+        f"  ZenML dashboard:  ZENML_CONFIG_PATH={home / 'zenml'} .venv/bin/zenml login --local --port 8237"
+    )

@@ -1,0 +1,140 @@
+"""The training pipeline run as users run it (`zenml pipeline run ... -c configs/ci.yaml`), on a fresh
+project-local ZenML store and a SQLite MLflow store, then the registry state read back through MLflow.
+
+One module-scoped run feeds every assertion; the impossible-gate run reuses its cached steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ml.data import fingerprint, load_digits
+
+ROOT = Path(__file__).resolve().parents[3]
+BIN = Path(sys.executable).parent
+MODEL = "edgefleet-digits-ci-cpu-int8-small"
+pytestmark = pytest.mark.slow
+
+
+def _run(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    home = tmp_path_factory.mktemp("edgefleet-home")
+    env = {
+        **os.environ,
+        "EDGEFLEET_HOME": str(home),
+        "ZENML_CONFIG_PATH": str(home / "zenml"),
+        "ZENML_ANALYTICS_OPT_IN": "false",
+        "AUTO_OPEN_DASHBOARD": "false",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    init = _run([str(BIN / "edgefleet"), "stack", "init"], env)
+    assert init.returncode == 0, init.stdout + init.stderr
+    run = _run(
+        [
+            str(BIN / "zenml"),
+            "pipeline",
+            "run",
+            "pipelines.training.training_pipeline",
+            "-c",
+            "configs/ci.yaml",
+        ],
+        env,
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    return {"home": home, "env": env, "uri": uri, "client": MlflowClient(tracking_uri=uri, registry_uri=uri)}
+
+
+def test_stack_init_is_idempotent(project: dict[str, object]) -> None:
+    again = _run([str(BIN / "edgefleet"), "stack", "init"], project["env"])  # type: ignore[arg-type]
+    assert again.returncode == 0
+    assert "already registered" in again.stdout
+
+
+def test_candidate_alias_points_at_a_version_with_metrics(project: dict[str, object]) -> None:
+    client: MlflowClient = project["client"]  # type: ignore[assignment]
+    version = client.get_model_version_by_alias(MODEL, "candidate")
+    tags = version.tags
+    assert tags["edgefleet.profile"] == "cpu-int8-small"
+    # the ci profile's size gate (≤ 64 KiB) only INT8 students pass
+    assert "int8" in tags["edgefleet.variant"], tags["edgefleet.variant"]
+    for metric in ("accuracy", "p50_ms", "p95_ms", "p99_ms", "size_kb", "throughput_sps", "cold_start_ms"):
+        assert float(tags[f"edgefleet.metric.{metric}"]) > 0, metric
+    assert float(tags["edgefleet.metric.size_kb"]) <= 64
+    assert float(tags["edgefleet.metric.accuracy"]) >= 0.80
+    assert float(tags["edgefleet.metric.speedup_vs_teacher_p50"]) > 1
+
+
+def test_lineage_tags_name_the_data_code_config_run_and_teacher(project: dict[str, object]) -> None:
+    client: MlflowClient = project["client"]  # type: ignore[assignment]
+    tags = client.get_model_version_by_alias(MODEL, "candidate").tags
+    x, y, _ = load_digits()
+    assert tags["edgefleet.lineage.data_fingerprint"] == fingerprint(x, y)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    assert tags["edgefleet.lineage.git_commit"] == head
+    assert tags["edgefleet.lineage.git_dirty"] in ("true", "false")
+    assert len(tags["edgefleet.lineage.config_hash"]) == 64
+    assert len(tags["edgefleet.lineage.pipeline_run_id"]) == 36
+    teacher = client.get_logged_model(tags["edgefleet.lineage.teacher_model_id"])
+    assert teacher.name == "teacher"
+
+
+def test_artifacts_hold_the_benchmarked_onnx_its_parent_card_and_plots(project: dict[str, object]) -> None:
+    client: MlflowClient = project["client"]  # type: ignore[assignment]
+    version = client.get_model_version_by_alias(MODEL, "candidate")
+    model_id = version.source.removeprefix("models:/")
+    folder = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+    onnx_file = folder / "model.onnx"
+    assert hashlib.sha256(onnx_file.read_bytes()).hexdigest() == version.tags["edgefleet.sha256"]
+    extra = {p.name for p in (folder / "extra_files").iterdir()}
+    assert {"model_card.md", "confusion_matrix.png", "latency_histogram.png", "pareto.png"} <= extra
+    parents = [name for name in extra if name.endswith("-fp32.onnx")]
+    assert parents, f"no FP32 parent among {extra}"
+    card = (folder / "extra_files" / "model_card.md").read_text()
+    assert version.tags["edgefleet.lineage.data_fingerprint"] in card
+
+
+def test_impossible_gate_fails_the_run_with_the_table_and_registers_nothing(
+    project: dict[str, object], tmp_path: Path
+) -> None:
+    client: MlflowClient = project["client"]  # type: ignore[assignment]
+    before = {(v.name, v.version) for v in client.search_model_versions()}
+    document = yaml.safe_load((ROOT / "configs" / "ci.yaml").read_text())
+    document["parameters"]["config"]["profiles"] = {
+        "impossible": {"min_accuracy": 0.999999, "max_p99_ms": 0.000001, "max_size_kb": 0.001}
+    }
+    config = tmp_path / "impossible.yaml"
+    config.write_text(yaml.safe_dump(document))
+    run = _run(
+        [str(BIN / "zenml"), "pipeline", "run", "pipelines.training.training_pipeline", "-c", str(config)],
+        project["env"],  # type: ignore[arg-type]
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "GateError" in output
+    assert "no variant passes every gate of profile 'impossible'" in output
+    assert "max_size_kb" in output and "FAIL" in output
+    assert {(v.name, v.version) for v in client.search_model_versions()} == before
+
+
+def test_summary_prints_variants_and_the_registered_version(project: dict[str, object]) -> None:
+    summary = _run([str(BIN / "edgefleet"), "pipeline", "summary"], project["env"])  # type: ignore[arg-type]
+    assert summary.returncode == 0, summary.stderr
+    assert "teacher-torch-eager" in summary.stdout
+    assert "student-int8-static" in summary.stdout
+    assert MODEL in summary.stdout and "candidate" in summary.stdout
+    assert "mlflow ui --backend-store-uri" in summary.stdout
