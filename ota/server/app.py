@@ -1,0 +1,273 @@
+"""The OTA server's app factory: FastAPI app, error mapping, hot path, background tasks, health and metrics.
+
+``create_app(settings)`` builds everything (database, keys, repository) when called, never at import
+time; ``create_app_from_env`` is the zero-argument factory uvicorn runs (``--factory``). Background tasks
+(per process): poll the generation counter for cache invalidation, re-sign timestamp/snapshot before
+they expire, and tick running rollouts (advance, abort, time out devices).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import select, text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ota.core.errors import (
+    DocumentFormatError,
+    ExpiredDocumentError,
+    IdentityMismatchError,
+    OtaError,
+    ReplayError,
+    SignatureError,
+)
+from ota.server.context import ServerContext, build_context
+from ota.server.db import read_counter, transaction
+from ota.server.errors import (
+    AuthError,
+    BlobStoreError,
+    ConflictError,
+    ForbiddenError,
+    InvalidRequestError,
+    KeyringError,
+    NotFoundError,
+    RepositoryError,
+    RolloutStateError,
+    ServerError,
+)
+from ota.server.hotpath import AssignmentHotPath, Receive, Scope, Send
+from ota.server.metrics import make_registry
+from ota.server.models import Rollout
+from ota.server.rollout_machine import ACTIVE_STATES
+from ota.server.rollouts import active_rollout_ids, tick_rollout
+from ota.server.routes import devices, operators, tuf
+from ota.server.settings import ServerSettings, load_settings
+
+log = logging.getLogger(__name__)
+
+# Most specific first: ``isinstance`` picks the first match.
+ERROR_MAP: list[tuple[type[Exception], int, str]] = [
+    (ForbiddenError, 403, "forbidden"),
+    (AuthError, 401, "unauthorized"),
+    (NotFoundError, 404, "not_found"),
+    (ConflictError, 409, "conflict"),
+    (RolloutStateError, 409, "invalid_transition"),
+    (InvalidRequestError, 422, "invalid_request"),
+    (ReplayError, 403, "replayed_report"),
+    (IdentityMismatchError, 403, "identity_mismatch"),
+    (SignatureError, 401, "bad_signature"),
+    (ExpiredDocumentError, 401, "expired"),
+    (DocumentFormatError, 422, "invalid_document"),
+    (BlobStoreError, 503, "blob_store_unavailable"),
+    (RepositoryError, 503, "repository_unavailable"),
+    (KeyringError, 503, "keys_unavailable"),
+]
+
+
+def _error_response(exc: Exception) -> JSONResponse:
+    for kind, status, code in ERROR_MAP:
+        if isinstance(exc, kind):
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return JSONResponse({"error": code, "message": str(exc)}, status_code=status, headers=headers)
+    log.exception("unmapped server error", exc_info=exc)
+    return JSONResponse({"error": "internal", "message": "internal error"}, status_code=500)
+
+
+async def _handle_domain_error(_request: Request, exc: Exception) -> Response:
+    return _error_response(exc)
+
+
+async def _handle_validation(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    details = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()[:20]
+    ]
+    message = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details)
+    return JSONResponse({"error": "invalid_request", "message": message, "details": details}, status_code=422)
+
+
+async def _handle_http(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse(
+        {"error": "http_error", "message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+class BodyLimit:
+    """Refuse request bodies over a limit with 413, before any route reads them (artifact uploads exempt)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], *, limit: int) -> None:
+        """Wrap the app.
+
+        Args:
+            app: The inner ASGI app.
+            limit: Maximum body size in bytes.
+        """
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the declared length, and count streamed bytes when none is declared."""
+        if scope["type"] != "http" or scope["method"] in {"GET", "HEAD"} or scope["path"] == "/v1/releases":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await _send_json(send, 413, b'{"error":"too_large","message":"request body is too large"}')
+                return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise InvalidRequestError("request body is too large")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _every(seconds: float, work: Callable[[], Any], name: str) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await run_in_threadpool(work)
+        except Exception:  # a background failure must not kill the loop; it is logged and retried
+            log.exception("background task %s failed", name)
+
+
+def _background_jobs(ctx: ServerContext) -> list[tuple[float, Callable[[], Any], str]]:
+    settings = ctx.settings
+
+    def refresh_generation() -> None:
+        with ctx.sessions() as session:
+            ctx.cache.observe(read_counter(session))
+
+    def resign() -> None:
+        with transaction(ctx.sessions) as session:
+            roles = ctx.repository.refresh_online_roles(session, fraction=settings.resign_fraction)
+        if roles:
+            log.info("re-signed %s", ", ".join(roles))
+
+    def tick() -> None:
+        with ctx.sessions() as session:
+            ids = active_rollout_ids(session)
+        for rollout_id in ids:
+            with transaction(ctx.sessions) as session:
+                event = tick_rollout(session, rollout_id)
+                bumped = session.info.get("edgefleet_generation")
+            if event is not None:
+                log.info("rollout %s: %s", rollout_id, event.value)
+            if bumped is not None:
+                ctx.cache.observe(int(bumped))
+
+    return [
+        (settings.cache_refresh_interval, refresh_generation, "generation"),
+        (settings.resign_check_interval, resign, "resign"),
+        (settings.rollout_tick_interval, tick, "rollouts"),
+    ]
+
+
+def create_app(settings: ServerSettings | None = None, *, ctx: ServerContext | None = None) -> FastAPI:
+    """Build the OTA server app.
+
+    Args:
+        settings: Settings (loaded from the environment when None).
+        ctx: A pre-built context (tests); built from ``settings`` when None.
+
+    Returns:
+        The FastAPI app, with the hot path and body limit in front.
+
+    Raises:
+        ServerError: The context cannot be built (see :func:`build_context`).
+    """
+    context = ctx or build_context(settings or load_settings())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(_every(s, w, n)) for s, w, n in _background_jobs(context)]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            context.close()
+
+    app = FastAPI(
+        title="EdgeFleet OTA server",
+        version="0.1.0",
+        description="Signed model releases: TUF image repository, Uptane-style director, staged rollouts.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = context
+    for kind in (ServerError, OtaError):
+        app.add_exception_handler(kind, _handle_domain_error)
+    app.add_exception_handler(RequestValidationError, _handle_validation)
+    app.add_exception_handler(StarletteHTTPException, _handle_http)
+    app.include_router(tuf.router)
+    app.include_router(devices.router)
+    app.include_router(operators.router)
+    _add_health(app, context)
+    # Added last = outermost: the hot path runs before everything else, then the body limit.
+    app.add_middleware(BodyLimit, limit=context.settings.max_body_bytes)
+    app.add_middleware(AssignmentHotPath, ctx=context)
+    return app
+
+
+def _add_health(app: FastAPI, ctx: ServerContext) -> None:
+    registry = make_registry(ctx.metrics)
+
+    def rollout_phases() -> dict[str, tuple[int, float, str]]:
+        with ctx.sessions() as session:
+            rows = session.scalars(select(Rollout).where(Rollout.state.in_([s.value for s in ACTIVE_STATES])))
+            return {r.id: (r.phase_index, float(r.phases[r.phase_index]["percent"]), r.state) for r in rows}
+
+    ctx.metrics.rollout_phases = rollout_phases
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "Not ready"}})
+    def readyz() -> JSONResponse:
+        """Readiness: the database answers and the repository has a timestamp."""
+        try:
+            with ctx.sessions() as session:
+                session.execute(text("SELECT 1"))
+                ready = ctx.repository.read(session, "timestamp") is not None
+        except Exception as exc:  # any database failure means not ready
+            return JSONResponse({"status": "unavailable", "message": str(exc)[:200]}, status_code=503)
+        if not ready:
+            return JSONResponse({"status": "unavailable", "message": "repository not initialised"}, 503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["health"])
+    def metrics() -> Response:
+        """Prometheus metrics: polls (and 304 ratio), reports by status, rollout phases."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app_from_env() -> FastAPI:
+    """Zero-argument factory for ``uvicorn --factory`` (settings from ``EDGEFLEET_*``)."""
+    return create_app(load_settings())

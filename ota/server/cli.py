@@ -1,0 +1,354 @@
+"""CLI groups of the OTA server, mounted lazily by ``ota/cli.py``: server, keys, tokens, release, rollout.
+
+The commands act on the server's own database, blob store and key folder (same settings as the server,
+``EDGEFLEET_*``), so they work before the server runs and on an operator's machine with database access.
+Errors from the server's typed error tree become one red line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ota.core.errors import OtaError
+from ota.server.errors import ServerError
+
+console = Console()
+server_app = typer.Typer(help="Run and migrate the OTA server.", no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(
+    help="Create and rotate the TUF and director keys.", no_args_is_help=True, add_completion=False
+)
+tokens_app = typer.Typer(
+    help="Create operator and provisioning tokens.", no_args_is_help=True, add_completion=False
+)
+release_app = typer.Typer(
+    help="Publish model artifacts as signed releases.", no_args_is_help=True, add_completion=False
+)
+rollout_app = typer.Typer(
+    help="Start, watch, pause, resume and abort rollouts.", no_args_is_help=True, add_completion=False
+)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except (ServerError, OtaError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+def _context() -> Any:
+    from ota.server.context import build_context
+    from ota.server.settings import load_settings
+
+    return build_context(load_settings())
+
+
+# ---- server --------------------------------------------------------------------------------------------
+
+
+@server_app.command("run")
+def run(
+    host: Annotated[str | None, typer.Option(help="Bind address (default EDGEFLEET_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default EDGEFLEET_PORT).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    migrate: Annotated[bool, typer.Option(help="Migrate the database before starting.")] = True,
+    log_format: Annotated[str, typer.Option(help="text or json (structured logs).")] = "text",
+) -> None:
+    """Start the API on uvicorn (zero configuration: SQLite, local blobs and dev keys under .edgefleet/)."""
+    import uvicorn
+
+    from ota.server.context import build_context
+    from ota.server.logs import configure_logging
+    from ota.server.settings import load_settings
+
+    configure_logging(log_format)
+    with _errors():
+        settings = load_settings()
+        # Migrate and create keys once in the parent, so workers only open what exists.
+        build_context(settings, migrate=migrate).close()
+    uvicorn.run(
+        "ota.server.app:create_app_from_env",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+        # Keep our handlers (uvicorn would install its own text config otherwise).
+        log_config=None,
+    )
+
+
+@server_app.command("migrate")
+def migrate() -> None:
+    """Upgrade the database schema to the newest migration."""
+    from ota.server.db import make_engine, run_migrations
+    from ota.server.settings import load_settings
+
+    with _errors():
+        engine = make_engine(load_settings().resolved_database_url)
+        run_migrations(engine)
+        engine.dispose()
+    console.print("database is up to date")
+
+
+# ---- keys ----------------------------------------------------------------------------------------------
+
+
+@keys_app.command("init")
+def keys_init(
+    root_keys: Annotated[int, typer.Option(min=1, help="Number of root keys (n).")] = 1,
+    root_threshold: Annotated[int, typer.Option(min=1, help="Root signatures required (k).")] = 1,
+    force: Annotated[bool, typer.Option(help="Replace an existing keyring.")] = False,
+) -> None:
+    """Create Ed25519 root (k of n), targets, snapshot, timestamp and director keys."""
+    from ota.server.keys import init_keys
+    from ota.server.settings import load_settings
+
+    with _errors():
+        folder = load_settings().resolved_key_dir
+        keyring = init_keys(folder, root_keys=root_keys, root_threshold=root_threshold, force=force)
+    for role, rk in keyring.roles.items():
+        console.print(
+            f"{role:10} threshold {rk.threshold} of {len(rk.keys)}: {[k.public.keyid[:12] for k in rk.keys]}"
+        )
+    console.print(f"keys written to {folder} (0600)")
+
+
+def _rotate(role: str, count: int, threshold: int | None) -> None:
+    from ota.server.db import bump_counter, transaction
+    from ota.server.keys import rotate_role_key
+    from ota.server.models import AuditEntry
+
+    with _errors():
+        ctx = _context()
+        new = rotate_role_key(ctx.keyring, role, count=count, threshold=threshold)
+        with transaction(ctx.sessions) as session:
+            version = ctx.repository.rotate_root(session, new)
+            bump_counter(session)
+            session.add(
+                AuditEntry(actor="cli", action=f"keys.rotate-{role}", subject=f"root v{version}", details={})
+            )
+        new.save()
+        ctx.close()
+    console.print(f"rotated {role}: root is now version {version}")
+
+
+@keys_app.command("rotate-root")
+def rotate_root(
+    count: Annotated[int, typer.Option(min=1)] = 1,
+    threshold: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Replace the root keys; the new root is signed by the old and the new thresholds."""
+    _rotate("root", count, threshold)
+
+
+@keys_app.command("rotate-targets")
+def rotate_targets() -> None:
+    """Replace the targets key (new root version, targets re-signed with the new key)."""
+    _rotate("targets", 1, None)
+
+
+# ---- tokens --------------------------------------------------------------------------------------------
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option(help="A label for the token.")],
+    scope: Annotated[list[str], typer.Option(help="read, release, rollout or admin (repeatable).")],
+) -> None:
+    """Create an operator API token (printed once; stored hashed)."""
+    from ota.server.auth import create_operator_token
+    from ota.server.db import transaction
+    from ota.server.models import AuditEntry
+
+    with _errors():
+        ctx = _context()
+        with transaction(ctx.sessions) as session:
+            row, token = create_operator_token(session, name=name, scopes=scope)
+            session.add(
+                AuditEntry(actor="cli", action="token.create", subject=row.id, details={"scopes": scope})
+            )
+        ctx.close()
+    typer.echo(token)
+
+
+@tokens_app.command("provisioning")
+def tokens_provisioning(
+    name: Annotated[str, typer.Option(help="A label for the token.")],
+    auto_accept: Annotated[bool, typer.Option(help="Accept enrolling devices without review.")] = False,
+    group: Annotated[str | None, typer.Option(help="Group for devices enrolling with it.")] = None,
+) -> None:
+    """Create a device provisioning token (printed once; stored hashed)."""
+    from ota.server.auth import create_provisioning_token
+    from ota.server.db import transaction
+    from ota.server.models import AuditEntry
+
+    with _errors():
+        ctx = _context()
+        with transaction(ctx.sessions) as session:
+            row, token = create_provisioning_token(session, name=name, auto_accept=auto_accept, group=group)
+            session.add(AuditEntry(actor="cli", action="provisioning.create", subject=row.id, details={}))
+        ctx.close()
+    typer.echo(token)
+
+
+# ---- releases ------------------------------------------------------------------------------------------
+
+
+@release_app.command("publish")
+def release_publish(
+    artifact: Annotated[Path, typer.Option(exists=True, dir_okay=False, readable=True)],
+    model: Annotated[str, typer.Option()],
+    version: Annotated[str, typer.Option()],
+    profile: Annotated[str, typer.Option()],
+    source_uri: Annotated[str | None, typer.Option(help="MLflow model URI it came from.")] = None,
+) -> None:
+    """Publish an artifact as a signed release (idempotent) and build deltas from earlier releases."""
+    from ota.server.releases import publish_release
+
+    with _errors():
+        ctx = _context()
+        result = publish_release(
+            factory=ctx.sessions,
+            blobs=ctx.blobs,
+            repository=ctx.repository,
+            artifact=artifact,
+            model=model,
+            version=version,
+            profile=profile,
+            source_uri=source_uri,
+            delta_base_count=ctx.settings.delta_base_count,
+        )
+        ctx.close()
+    word = "published" if result.created else "already published"
+    console.print(f"{word} {result.release.id} ({result.release.target_name}, {len(result.deltas)} delta(s))")
+
+
+@release_app.command("list")
+def release_list() -> None:
+    """List releases."""
+    from sqlalchemy import select
+
+    from ota.server.models import Release
+
+    with _errors():
+        ctx = _context()
+        table = Table("id", "model", "version", "profile", "sha256", "bytes")
+        with ctx.sessions() as session:
+            for r in session.scalars(select(Release).order_by(Release.created_at)):
+                table.add_row(r.id, r.model, r.version, r.profile, r.sha256[:12], str(r.length))
+        ctx.close()
+    console.print(table)
+
+
+# ---- rollouts ------------------------------------------------------------------------------------------
+
+
+def _parse_phases(text: str | None) -> list[Any] | None:
+    from ota.server.rollout_machine import Phase
+
+    if not text:
+        return None
+    return [Phase(percent=float(p)) for p in text.split(",")]
+
+
+@rollout_app.command("start")
+def rollout_start(
+    release: Annotated[str, typer.Option(help="Release id.")],
+    group: Annotated[str | None, typer.Option()] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Required device tag (repeatable).")] = None,
+    phases: Annotated[str | None, typer.Option(help="Comma-separated percentages, e.g. 1,10,50,100.")] = None,
+    failure_threshold: Annotated[float, typer.Option(min=0, max=1)] = 0.1,
+    min_reports: Annotated[int, typer.Option(min=1, help="Reports needed before auto-abort applies.")] = 5,
+) -> None:
+    """Start a rollout of a release."""
+    from ota.server.db import transaction
+    from ota.server.rollouts import create_rollout
+
+    with _errors():
+        ctx = _context()
+        with transaction(ctx.sessions) as session:
+            rollout = create_rollout(
+                session,
+                release_id=release,
+                group=group,
+                tags=tuple(tag or ()),
+                phases=_parse_phases(phases) or ctx.settings.default_phases(),
+                failure_threshold=failure_threshold,
+                min_reports_for_abort=min_reports,
+                actor="cli",
+            )
+            rollout_id = rollout.id
+        ctx.close()
+    console.print(f"started {rollout_id}")
+
+
+def _control(rollout_id: str, event_name: str) -> None:
+    from ota.server.db import transaction
+    from ota.server.rollout_machine import RolloutEvent
+    from ota.server.rollouts import control_rollout
+
+    with _errors():
+        ctx = _context()
+        with transaction(ctx.sessions) as session:
+            rollout = control_rollout(session, rollout_id, RolloutEvent(event_name), actor="cli")
+            state = rollout.state
+        ctx.close()
+    console.print(f"{rollout_id}: {state}")
+
+
+def _command(event_name: str) -> Callable[[str], None]:
+    def command(rollout_id: Annotated[str, typer.Argument(help="Rollout id.")]) -> None:
+        _control(rollout_id, event_name)
+
+    command.__doc__ = f"{event_name.capitalize()} a rollout."
+    return command
+
+
+for _event in ("pause", "resume", "abort", "rollback", "advance"):
+    rollout_app.command(_event)(_command(_event))
+
+
+@rollout_app.command("status")
+def rollout_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show rollouts with their phase and counters."""
+    from sqlalchemy import select
+
+    from ota.server.models import Rollout
+    from ota.server.rollouts import counters
+
+    with _errors():
+        ctx = _context()
+        rows = []
+        with ctx.sessions() as session:
+            for r in session.scalars(select(Rollout).order_by(Rollout.created_at)):
+                c = counters(session, r.id)
+                rows.append(
+                    {
+                        "id": r.id,
+                        "release": r.release_id,
+                        "state": r.state,
+                        "phase": r.phases[r.phase_index]["percent"],
+                        "succeeded": c.succeeded,
+                        "failed": c.failed,
+                        "in_progress": c.in_progress,
+                    }
+                )
+        ctx.close()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    table = Table(*(rows[0].keys() if rows else ["id"]))
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)

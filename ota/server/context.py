@@ -1,0 +1,103 @@
+"""Everything one server process holds: settings, database, blob store, keys, repository, caches, metrics.
+
+Built by :func:`build_context` from settings (never at import time); the app factory stores it on
+``app.state.ctx`` and the hot-path middleware keeps a direct reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from ota.server.auth import DeviceTokens
+from ota.server.blobstore import BlobStore, open_blob_store
+from ota.server.db import make_engine, make_session_factory, read_counter, run_migrations, transaction
+from ota.server.director import AssignmentCache, DirectorConfig
+from ota.server.keys import Keyring, ensure_keyring
+from ota.server.metrics import Metrics
+from ota.server.settings import ServerSettings
+from ota.server.tuf_repo import Expiries, ImageRepository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerContext:
+    """The per-process state of the OTA server."""
+
+    settings: ServerSettings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    blobs: BlobStore
+    keyring: Keyring
+    repository: ImageRepository
+    tokens: DeviceTokens
+    director: DirectorConfig
+    cache: AssignmentCache = field(default_factory=AssignmentCache)
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.engine.dispose()
+
+
+def build_context(settings: ServerSettings, *, migrate: bool | None = None) -> ServerContext:
+    """Open the database (migrating if asked), blob store and keys, and initialise the TUF repository.
+
+    Args:
+        settings: The settings.
+        migrate: Run migrations first (defaults to ``settings.migrate_on_start``).
+
+    Returns:
+        The context.
+
+    Raises:
+        ConfigError: Bad database/blob URL or a failed migration.
+        KeyringError: Keys missing outside development mode, or development keys in production.
+        BlobStoreError: The blob store is unreachable.
+        RepositoryError: The repository cannot be initialised.
+    """
+    engine = make_engine(settings.resolved_database_url)
+    if settings.migrate_on_start if migrate is None else migrate:
+        run_migrations(engine)
+    sessions = make_session_factory(engine)
+    keyring = ensure_keyring(settings.resolved_key_dir, development=settings.development)
+    repository = ImageRepository(
+        keyring=keyring,
+        expiries=Expiries(
+            root=settings.root_expiry,
+            targets=settings.targets_expiry,
+            snapshot=settings.snapshot_expiry,
+            timestamp=settings.timestamp_expiry,
+        ),
+    )
+    with transaction(sessions) as session:
+        if repository.initialise(session):
+            log.info("initialised the TUF image repository (version 1 of every role)")
+        generation = read_counter(session)
+    blobs = open_blob_store(
+        settings.resolved_blob_url, endpoint_url=settings.s3_endpoint_url, presign=settings.s3_presign
+    )
+    context = ServerContext(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        blobs=blobs,
+        keyring=keyring,
+        repository=repository,
+        tokens=DeviceTokens(
+            secret=settings.token_secret,
+            token_ttl=settings.device_token_ttl,
+            challenge_ttl=settings.challenge_ttl,
+        ),
+        director=DirectorConfig(
+            poll_interval=settings.poll_interval,
+            poll_jitter=settings.poll_jitter,
+            assignment_expiry=settings.assignment_expiry,
+        ),
+    )
+    context.cache.observe(generation)
+    return context

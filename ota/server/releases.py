@@ -1,0 +1,253 @@
+"""Publishing releases: blob upload, TUF target registration and deltas from earlier releases.
+
+Publishing is idempotent: the same artifact under the same model, version and profile returns the
+existing release; a different artifact under a taken model/version/profile is a conflict. Deltas come
+from ``ota.core.delta`` (the delta engine) against the last N releases of the same model and profile, and
+are TUF targets too, with custom fields naming their base and result hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from tuf.api.metadata import TargetFile
+
+from ota.server.blobstore import BlobStore
+from ota.server.db import bump_counter, transaction
+from ota.server.errors import ConflictError, InvalidRequestError, ServerError
+from ota.server.models import AuditEntry, Delta, Release
+from ota.server.tuf_repo import ImageRepository
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+CHUNK = 1024 * 1024
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """Return ``(sha256 hex, length)`` of a file, streamed.
+
+    Raises:
+        OSError: The file cannot be read.
+    """
+    digest = hashlib.sha256()
+    length = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            length += len(chunk)
+    return digest.hexdigest(), length
+
+
+def target_name(model: str, version: str, profile: str, suffix: str) -> str:
+    """Return the flat TUF target name of an artifact: ``{model}-{version}-{profile}{suffix}``."""
+    return f"{model}-{version}-{profile}{suffix}"
+
+
+def blob_key(sha256: str, name: str) -> str:
+    """Return the blob key of a target: the consistent-snapshot file name under ``targets/``."""
+    return f"targets/{sha256}.{name}"
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What :func:`publish_release` did."""
+
+    release: Release
+    created: bool
+    deltas: list[Delta]
+
+
+def _validate(model: str, version: str, profile: str) -> None:
+    for label, value in (("model", model), ("version", version), ("profile", profile)):
+        if not NAME_PATTERN.match(value):
+            raise InvalidRequestError(f"{label} must match {NAME_PATTERN.pattern}, got {value!r}")
+
+
+def publish_release(
+    *,
+    factory: sessionmaker[Session],
+    blobs: BlobStore,
+    repository: ImageRepository,
+    artifact: Path,
+    model: str,
+    version: str,
+    profile: str,
+    source_uri: str | None = None,
+    delta_base_count: int = 3,
+    actor: str = "cli",
+) -> PublishResult:
+    """Publish ``artifact`` as a release: upload, register the TUF target, build and register deltas.
+
+    Args:
+        factory: Session factory.
+        blobs: Blob store for the artifact and patches.
+        repository: The TUF repository manager.
+        artifact: The model file.
+        model: Model name.
+        version: Model version.
+        profile: Hardware profile the artifact is built for.
+        source_uri: Where it came from (an MLflow model URI), stored as a custom target field.
+        delta_base_count: Deltas are built from this many earlier releases of the same model and profile.
+        actor: Who publishes (for the audit log).
+
+    Returns:
+        The release, whether it was new, and its deltas.
+
+    Raises:
+        InvalidRequestError: Bad names or an empty artifact.
+        ConflictError: The model/version/profile exists with a different artifact.
+        BlobStoreError: Upload failed.
+        RepositoryError: TUF signing failed.
+    """
+    _validate(model, version, profile)
+    sha256, length = file_digest(artifact)
+    if length == 0:
+        raise InvalidRequestError("artifact is empty")
+    with transaction(factory) as session:
+        existing = _existing(session, model, version, profile, sha256)
+        if existing is not None:
+            return PublishResult(existing, False, _deltas_of(session, existing.id))
+        bases = list(
+            session.scalars(
+                select(Release)
+                .where(Release.model == model, Release.profile == profile, Release.sha256 != sha256)
+                .order_by(Release.created_at.desc())
+                .limit(delta_base_count)
+            )
+        )
+    name = target_name(model, version, profile, artifact.suffix or ".bin")
+    blobs.put_file(blob_key(sha256, name), artifact)
+    release_id = (
+        f"rel-{sha256[:12]}-{hashlib.sha256(f'{model}/{version}/{profile}'.encode()).hexdigest()[:8]}"
+    )
+    built = _build_deltas(blobs, artifact, sha256, bases, model, profile)
+
+    custom: dict[str, Any] = {
+        "kind": "model",
+        "model": model,
+        "version": version,
+        "profile": profile,
+        "release_id": release_id,
+        "source_uri": source_uri,
+    }
+    targets = [TargetFile(length, {"sha256": sha256}, name, {"custom": custom})]
+    for delta in built:
+        targets.append(
+            TargetFile(
+                delta.length,
+                {"sha256": delta.sha256},
+                delta.target_name,
+                {
+                    "custom": {
+                        "kind": "delta",
+                        "model": model,
+                        "profile": profile,
+                        "base_sha256": delta.base_sha256,
+                        "result_sha256": delta.result_sha256,
+                        "base_release_id": delta.base_release_id,
+                        "release_id": release_id,
+                    }
+                },
+            )
+        )
+    release = Release(
+        id=release_id,
+        model=model,
+        version=version,
+        profile=profile,
+        sha256=sha256,
+        length=length,
+        target_name=name,
+        source_uri=source_uri,
+    )
+    try:
+        with transaction(factory) as session:
+            session.add(release)
+            session.flush()
+            for delta in built:
+                delta.release_id = release_id
+                session.add(delta)
+            repository.add_targets(session, targets)
+            bump_counter(session)
+            session.add(
+                AuditEntry(
+                    actor=actor,
+                    action="release.publish",
+                    subject=release_id,
+                    details={"model": model, "version": version, "profile": profile, "sha256": sha256},
+                )
+            )
+    except IntegrityError:
+        # A concurrent publish of the same release won the race: answer as the idempotent repeat.
+        with transaction(factory) as session:
+            existing = _existing(session, model, version, profile, sha256)
+            if existing is None:
+                raise
+            return PublishResult(existing, False, _deltas_of(session, existing.id))
+    return PublishResult(release, True, built)
+
+
+def _existing(session: Session, model: str, version: str, profile: str, sha256: str) -> Release | None:
+    found = session.scalar(
+        select(Release).where(Release.model == model, Release.version == version, Release.profile == profile)
+    )
+    if found is not None and found.sha256 != sha256:
+        raise ConflictError(
+            f"{model} {version} for {profile} is already published with sha256 {found.sha256[:12]}…; "
+            "publish a new version instead"
+        )
+    return found
+
+
+def _deltas_of(session: Session, release_id: str) -> list[Delta]:
+    return list(session.scalars(select(Delta).where(Delta.release_id == release_id)))
+
+
+def _build_deltas(
+    blobs: BlobStore, artifact: Path, sha256: str, bases: list[Release], model: str, profile: str
+) -> list[Delta]:
+    if not bases:
+        return []
+    try:
+        from ota.core.delta import make_delta
+    except ImportError:
+        log.warning("ota.core.delta is not available: publishing without deltas")
+        return []
+    built: list[Delta] = []
+    with tempfile.TemporaryDirectory(prefix="edgefleet-delta-") as tmp:
+        for base in bases:
+            base_path = Path(tmp) / f"base-{base.sha256}"
+            patch_path = Path(tmp) / f"patch-{base.sha256}"
+            try:
+                blobs.download(blob_key(base.sha256, base.target_name), base_path)
+                make_delta(base_path, artifact, patch_path)
+            except ServerError:
+                raise
+            except Exception as exc:  # a delta is an optimisation: a failed one must not block the release
+                log.warning("delta from %s failed, skipped: %s", base.id, exc)
+                continue
+            patch_sha, patch_len = file_digest(patch_path)
+            name = f"{model}-{profile}-{base.sha256[:16]}-to-{sha256[:16]}.patch"
+            blobs.put_file(blob_key(patch_sha, name), patch_path)
+            built.append(
+                Delta(
+                    release_id="",
+                    base_release_id=base.id,
+                    base_sha256=base.sha256,
+                    result_sha256=sha256,
+                    target_name=name,
+                    sha256=patch_sha,
+                    length=patch_len,
+                )
+            )
+    return built

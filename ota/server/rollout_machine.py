@@ -1,0 +1,207 @@
+"""The rollout state machine: states, events, the transition table and the automatic decision rule.
+
+Pure (no I/O, no database): ``ota.server.rollouts`` loads a rollout under a lock, asks :func:`decide` what to
+do from its counters, applies :func:`transition`, and writes the result. Tests drive the table directly.
+
+States: ``running`` → (``paused`` ⇄ ``running``) → ``completed``; ``aborted`` and ``rolled-back`` are
+terminal and send devices back to the previous release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from ota.server.errors import RolloutStateError
+
+
+class RolloutState(StrEnum):
+    """Where a rollout is."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    ROLLED_BACK = "rolled-back"
+
+
+class RolloutEvent(StrEnum):
+    """What can happen to a rollout (manual or automatic)."""
+
+    ADVANCE = "advance"
+    PAUSE = "pause"
+    RESUME = "resume"
+    ABORT = "abort"
+    ROLLBACK = "rollback"
+
+
+#: States in which devices are sent back to the previous release.
+REVERTED_STATES = frozenset({RolloutState.ABORTED, RolloutState.ROLLED_BACK})
+#: States that still hold their selector (at most one per selector).
+ACTIVE_STATES = frozenset({RolloutState.RUNNING, RolloutState.PAUSED})
+
+# (state, event) -> new state. ADVANCE from the last phase is turned into COMPLETED by ``transition``.
+TRANSITIONS: dict[tuple[RolloutState, RolloutEvent], RolloutState] = {
+    (RolloutState.RUNNING, RolloutEvent.ADVANCE): RolloutState.RUNNING,
+    (RolloutState.RUNNING, RolloutEvent.PAUSE): RolloutState.PAUSED,
+    (RolloutState.PAUSED, RolloutEvent.RESUME): RolloutState.RUNNING,
+    (RolloutState.RUNNING, RolloutEvent.ABORT): RolloutState.ABORTED,
+    (RolloutState.PAUSED, RolloutEvent.ABORT): RolloutState.ABORTED,
+    (RolloutState.RUNNING, RolloutEvent.ROLLBACK): RolloutState.ROLLED_BACK,
+    (RolloutState.PAUSED, RolloutEvent.ROLLBACK): RolloutState.ROLLED_BACK,
+    (RolloutState.COMPLETED, RolloutEvent.ROLLBACK): RolloutState.ROLLED_BACK,
+}
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One step of a rollout: the cohort percentage and what must hold before moving on.
+
+    Attributes:
+        percent: Share of matching devices included, 0 < percent ≤ 100.
+        min_soak_seconds: Minimum time spent in this phase.
+        min_reports: Minimum committed devices (cumulative) before advancing.
+    """
+
+    percent: float
+    min_soak_seconds: int = 0
+    min_reports: int = 0
+
+    def __post_init__(self) -> None:
+        """Validate the values.
+
+        Raises:
+            RolloutStateError: Out-of-range values.
+        """
+        if not 0 < self.percent <= 100 or self.min_soak_seconds < 0 or self.min_reports < 0:
+            raise RolloutStateError(f"bad phase {self}: percent in (0, 100], soak and reports ≥ 0")
+
+
+def validate_phases(phases: list[Phase]) -> list[Phase]:
+    """Check phases are non-empty, strictly increasing and end at 100 %.
+
+    Raises:
+        RolloutStateError: They are not.
+    """
+    if not phases:
+        raise RolloutStateError("a rollout needs at least one phase")
+    percents = [p.percent for p in phases]
+    if any(b <= a for a, b in itertools.pairwise(percents)) or percents[-1] != 100:
+        raise RolloutStateError(f"phase percentages must increase strictly and end at 100, got {percents}")
+    return phases
+
+
+def transition(
+    state: RolloutState, event: RolloutEvent, phase_index: int, phase_count: int
+) -> tuple[RolloutState, int]:
+    """Apply one event.
+
+    Args:
+        state: Current state.
+        event: The event.
+        phase_index: Current phase (0-based).
+        phase_count: Number of phases.
+
+    Returns:
+        ``(new state, new phase index)``.
+
+    Raises:
+        RolloutStateError: The table has no such transition.
+    """
+    new_state = TRANSITIONS.get((state, event))
+    if new_state is None:
+        raise RolloutStateError(f"cannot {event.value} a rollout that is {state.value}")
+    if event is RolloutEvent.ADVANCE:
+        if phase_index + 1 >= phase_count:
+            return RolloutState.COMPLETED, phase_index
+        return new_state, phase_index + 1
+    return new_state, phase_index
+
+
+@dataclass(frozen=True)
+class RolloutCounters:
+    """Cumulative outcome counts of the devices in a rollout."""
+
+    succeeded: int = 0
+    failed: int = 0
+    in_progress: int = 0
+
+    @property
+    def reported(self) -> int:
+        """Devices with a final outcome."""
+        return self.succeeded + self.failed
+
+    @property
+    def failure_rate(self) -> float:
+        """Failed share of final outcomes (0 when none)."""
+        return self.failed / self.reported if self.reported else 0.0
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Automatic abort rule, like AWS IoT Jobs' abortConfig.
+
+    Attributes:
+        failure_threshold: Failure rate (0-1) above which the rollout stops.
+        min_reports_for_abort: The rule applies only once this many devices reported an outcome.
+        abort_event: ``abort`` (send devices back) or ``pause``.
+    """
+
+    failure_threshold: float
+    min_reports_for_abort: int
+    abort_event: RolloutEvent = RolloutEvent.ABORT
+
+
+def decide(
+    *,
+    state: RolloutState,
+    phase: Phase,
+    phase_started_at: datetime,
+    counters: RolloutCounters,
+    policy: Policy,
+    now: datetime,
+) -> tuple[RolloutEvent, str] | None:
+    """Decide the automatic event for a rollout, if any.
+
+    Args:
+        state: Current state (only ``running`` rollouts move on their own).
+        phase: Current phase.
+        phase_started_at: When the phase began.
+        counters: Cumulative device outcomes.
+        policy: The abort rule.
+        now: Current time.
+
+    Returns:
+        ``(event, reason)`` or None.
+    """
+    if state is not RolloutState.RUNNING:
+        return None
+    if counters.reported >= policy.min_reports_for_abort and counters.failure_rate > policy.failure_threshold:
+        return policy.abort_event, (
+            f"failure rate {counters.failure_rate:.1%} over {counters.reported} reports "
+            f"exceeds {policy.failure_threshold:.1%}"
+        )
+    soaked = now - phase_started_at >= timedelta(seconds=phase.min_soak_seconds)
+    if soaked and counters.succeeded >= phase.min_reports:
+        return RolloutEvent.ADVANCE, (
+            f"phase {phase.percent:g}% soaked {phase.min_soak_seconds}s with {counters.succeeded} successes"
+        )
+    return None
+
+
+def cohort_point(device_id: str, rollout_id: str) -> float:
+    """Return the device's fixed position in [0, 100) for a rollout: sha256 of both ids.
+
+    A device is in the rollout while ``cohort_point < current phase percent``; phases only grow, so a
+    device never leaves the cohort once in it.
+    """
+    digest = hashlib.sha256(f"{rollout_id}\x00{device_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100
+
+
+def in_cohort(device_id: str, rollout_id: str, percent: float) -> bool:
+    """Return True when the device is inside a phase of ``percent`` %."""
+    return cohort_point(device_id, rollout_id) < percent

@@ -1,0 +1,1 @@
+"""HTTP routes of the OTA server, one thin module per resource."""

@@ -1,0 +1,278 @@
+"""Operator routes: tokens, releases, rollouts, device admission and the audit log; each needs a scope.
+
+Every state-changing operator action writes an audit entry in the same transaction.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+
+from ota.core.manifest import AdmissionState
+from ota.server.auth import create_operator_token, create_provisioning_token
+from ota.server.db import bump_counter, read_counter
+from ota.server.deps import (
+    AdminOperator,
+    ContextDep,
+    ReadOperator,
+    ReleaseOperator,
+    RolloutOperator,
+    SessionDep,
+)
+from ota.server.errors import InvalidRequestError, NotFoundError
+from ota.server.models import AuditEntry, Delta, Device, Release, Rollout
+from ota.server.releases import NAME_PATTERN, publish_release
+from ota.server.rollout_machine import Phase, RolloutEvent
+from ota.server.rollouts import control_rollout, counters, create_rollout
+from ota.server.routes.devices import ERRORS
+from ota.server.schemas import (
+    AuditPublic,
+    DeltaPublic,
+    DevicePublic,
+    OperatorTokenCreate,
+    ProvisioningTokenCreate,
+    PublishPublic,
+    ReleasePublic,
+    RolloutCreate,
+    RolloutPublic,
+    TokenCreated,
+)
+
+router = APIRouter(prefix="/v1", tags=["operators"], responses=ERRORS)
+NamePart = Annotated[str, Query(pattern=NAME_PATTERN.pattern, max_length=64)]
+
+
+def _audit(session: Any, actor: str, action: str, subject: str, **details: Any) -> None:
+    session.add(AuditEntry(actor=actor, action=action, subject=subject, details=details))
+
+
+@router.post("/tokens", status_code=201)
+def create_token(body: OperatorTokenCreate, operator: AdminOperator, session: SessionDep) -> TokenCreated:
+    """Create an operator API token (admin)."""
+    row, value = create_operator_token(session, name=body.name, scopes=body.scopes)
+    _audit(session, f"token:{operator.id}", "token.create", row.id, scopes=row.scopes)
+    return TokenCreated(id=row.id, name=row.name, token=value)
+
+
+@router.post("/provisioning-tokens", status_code=201)
+def create_provisioning(
+    body: ProvisioningTokenCreate, operator: AdminOperator, session: SessionDep
+) -> TokenCreated:
+    """Create a device provisioning token (admin)."""
+    row, value = create_provisioning_token(
+        session, name=body.name, auto_accept=body.auto_accept, group=body.group
+    )
+    _audit(session, f"token:{operator.id}", "provisioning.create", row.id, auto_accept=row.auto_accept)
+    return TokenCreated(id=row.id, name=row.name, token=value)
+
+
+@router.put(
+    "/releases",
+    status_code=201,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def publish(
+    request: Request,
+    operator: ReleaseOperator,
+    ctx: ContextDep,
+    model: NamePart,
+    version: NamePart,
+    profile: NamePart,
+    source_uri: Annotated[str | None, Query(max_length=1024)] = None,
+) -> PublishPublic:
+    """Publish the request body (the artifact bytes) as a release; idempotent (release scope).
+
+    Raises:
+        InvalidRequestError: Empty or oversized artifact.
+        ConflictError: model/version/profile taken by another artifact.
+    """
+    limit = ctx.settings.max_artifact_bytes
+    with tempfile.TemporaryDirectory(prefix="edgefleet-upload-") as tmp:
+        path = Path(tmp) / "artifact.onnx"
+        size = 0
+        with path.open("wb") as handle:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise InvalidRequestError(f"artifact is larger than {limit} bytes")
+                handle.write(chunk)
+        if size == 0:
+            raise InvalidRequestError("the request body (the artifact) is empty")
+        result = await run_in_threadpool(
+            publish_release,
+            factory=ctx.sessions,
+            blobs=ctx.blobs,
+            repository=ctx.repository,
+            artifact=path,
+            model=model,
+            version=version,
+            profile=profile,
+            source_uri=source_uri,
+            delta_base_count=ctx.settings.delta_base_count,
+            actor=f"token:{operator.id}",
+        )
+    if result.created:
+        with ctx.sessions() as session:
+            ctx.cache.observe(read_counter(session))
+    return PublishPublic(
+        release=ReleasePublic.model_validate(result.release),
+        created=result.created,
+        deltas=[DeltaPublic.model_validate(d) for d in result.deltas],
+    )
+
+
+@router.get("/releases")
+def list_releases(operator: ReadOperator, session: SessionDep) -> list[ReleasePublic]:
+    """List releases, newest first (read)."""
+    rows = session.scalars(select(Release).order_by(Release.created_at.desc()).limit(1000))
+    return [ReleasePublic.model_validate(r) for r in rows]
+
+
+@router.get("/releases/{release_id}")
+def get_release(
+    release_id: Annotated[str, ...], operator: ReadOperator, session: SessionDep
+) -> PublishPublic:
+    """Show one release with its deltas (read).
+
+    Raises:
+        NotFoundError: Unknown release.
+    """
+    release = session.get(Release, release_id)
+    if release is None:
+        raise NotFoundError(f"no release {release_id!r}")
+    deltas = session.scalars(select(Delta).where(Delta.release_id == release_id))
+    return PublishPublic(
+        release=ReleasePublic.model_validate(release),
+        created=False,
+        deltas=[DeltaPublic.model_validate(d) for d in deltas],
+    )
+
+
+def _rollout_public(session: Any, rollout: Rollout) -> RolloutPublic:
+    counts = counters(session, rollout.id)
+    return RolloutPublic(
+        id=rollout.id,
+        release_id=rollout.release_id,
+        previous_release_id=rollout.previous_release_id,
+        selector=rollout.selector,
+        phases=rollout.phases,
+        phase_index=rollout.phase_index,
+        state=rollout.state,
+        reason=rollout.reason,
+        succeeded=counts.succeeded,
+        failed=counts.failed,
+        in_progress=counts.in_progress,
+    )
+
+
+@router.post("/rollouts", status_code=201)
+def start_rollout(
+    body: RolloutCreate, operator: RolloutOperator, ctx: ContextDep, session: SessionDep
+) -> RolloutPublic:
+    """Start a rollout (rollout scope).
+
+    Raises:
+        NotFoundError: Unknown release.
+        ConflictError: An active rollout holds the selector.
+        InvalidRequestError: Bad phases.
+    """
+    rollout = create_rollout(
+        session,
+        release_id=body.release_id,
+        group=body.group,
+        tags=tuple(body.tags),
+        phases=[Phase(**p.model_dump()) for p in body.phases]
+        if body.phases
+        else ctx.settings.default_phases(),
+        failure_threshold=body.failure_threshold,
+        min_reports_for_abort=body.min_reports_for_abort,
+        abort_action=body.abort_action,
+        progress_timeout=body.progress_timeout,
+        actor=f"token:{operator.id}",
+    )
+    return _rollout_public(session, rollout)
+
+
+@router.get("/rollouts")
+def list_rollouts(operator: ReadOperator, session: SessionDep) -> list[RolloutPublic]:
+    """List rollouts, newest first (read)."""
+    rows = session.scalars(select(Rollout).order_by(Rollout.created_at.desc()).limit(1000))
+    return [_rollout_public(session, r) for r in rows]
+
+
+@router.get("/rollouts/{rollout_id}")
+def get_rollout(rollout_id: str, operator: ReadOperator, session: SessionDep) -> RolloutPublic:
+    """Show one rollout and its counters (read).
+
+    Raises:
+        NotFoundError: Unknown rollout.
+    """
+    rollout = session.get(Rollout, rollout_id)
+    if rollout is None:
+        raise NotFoundError(f"no rollout {rollout_id!r}")
+    return _rollout_public(session, rollout)
+
+
+@router.post("/rollouts/{rollout_id}/{action}")
+def act_on_rollout(
+    rollout_id: str, action: RolloutEvent, operator: RolloutOperator, session: SessionDep
+) -> RolloutPublic:
+    """Pause, resume, abort, roll back or advance a rollout by hand (rollout scope).
+
+    Raises:
+        NotFoundError: Unknown rollout.
+        RolloutStateError: The action is not allowed in the rollout's state.
+    """
+    rollout = control_rollout(session, rollout_id, action, actor=f"token:{operator.id}")
+    return _rollout_public(session, rollout)
+
+
+@router.get("/devices")
+def list_devices(
+    operator: ReadOperator,
+    session: SessionDep,
+    state: AdmissionState | None = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> list[DevicePublic]:
+    """List devices, optionally by admission state (read)."""
+    query = select(Device).order_by(Device.id).limit(limit)
+    if state is not None:
+        query = query.where(Device.state == state.value)
+    return [DevicePublic.model_validate(d) for d in session.scalars(query)]
+
+
+@router.post("/devices/{device_id}/admission/{decision}")
+def admit_device(
+    device_id: str, decision: AdmissionState, operator: AdminOperator, session: SessionDep
+) -> DevicePublic:
+    """Accept or reject a device (admin).
+
+    Raises:
+        NotFoundError: Unknown device.
+    """
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFoundError(f"no device {device_id!r}")
+    device.state = decision.value
+    bump_counter(session)
+    _audit(session, f"token:{operator.id}", f"device.{decision.value}", device_id)
+    return DevicePublic.model_validate(device)
+
+
+@router.get("/audit")
+def audit_log(
+    operator: AdminOperator, session: SessionDep, limit: Annotated[int, Query(ge=1, le=10000)] = 100
+) -> list[AuditPublic]:
+    """Return the newest audit entries (admin)."""
+    rows = session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
+    return [AuditPublic.model_validate(r) for r in rows]

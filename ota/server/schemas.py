@@ -1,0 +1,181 @@
+"""Pydantic request and response models of the HTTP API (schema families: Create / Public).
+
+They give FastAPI its validation (wrong types → 422 with a clear message) and the OpenAPI schema that
+schemathesis exercises. Signed documents are checked again, strictly, by ``ota.core.manifest``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+LABEL = r"^[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,63}$"
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a stable code and a human message."""
+
+    error: str
+    message: str
+
+
+class SignatureModel(BaseModel):
+    """One signature of an envelope."""
+
+    model_config = ConfigDict(extra="forbid")
+    keyid: str = Field(max_length=128)
+    sig: str = Field(max_length=512)
+
+
+class Envelope(BaseModel):
+    """A signed document: ``signed`` plus signatures over its canonical JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+    signed: dict[str, Any]
+    signatures: list[SignatureModel] = Field(max_length=16)
+
+
+class ChallengePublic(BaseModel):
+    """A nonce to sign."""
+
+    nonce: str
+    expires: str
+
+
+class TokenPublic(BaseModel):
+    """A device poll token."""
+
+    token: str
+    expires: str
+
+
+class ReportAccepted(BaseModel):
+    """Answer to an accepted status report."""
+
+    accepted: bool
+    counter: int
+
+
+class OperatorTokenCreate(BaseModel):
+    """Request to create an operator token."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    scopes: list[Literal["read", "release", "rollout", "admin"]] = Field(min_length=1, max_length=4)
+
+
+class ProvisioningTokenCreate(BaseModel):
+    """Request to create a provisioning token."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    auto_accept: bool = False
+    group: str | None = Field(default=None, pattern=LABEL)
+
+
+class TokenCreated(BaseModel):
+    """A new token: the clear value is shown once."""
+
+    id: str
+    name: str
+    token: str
+
+
+class ReleasePublic(BaseModel):
+    """A release."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    model: str
+    version: str
+    profile: str
+    sha256: str
+    length: int
+    target_name: str
+    source_uri: str | None
+    created_at: datetime
+
+
+class DeltaPublic(BaseModel):
+    """A delta patch of a release."""
+
+    model_config = ConfigDict(from_attributes=True)
+    base_release_id: str
+    base_sha256: str
+    target_name: str
+    sha256: str
+    length: int
+
+
+class PublishPublic(BaseModel):
+    """Answer to a publish."""
+
+    release: ReleasePublic
+    created: bool
+    deltas: list[DeltaPublic]
+
+
+class PhaseModel(BaseModel):
+    """A rollout phase."""
+
+    model_config = ConfigDict(extra="forbid")
+    percent: float = Field(gt=0, le=100)
+    min_soak_seconds: int = Field(default=0, ge=0, le=10**8)
+    min_reports: int = Field(default=0, ge=0, le=10**9)
+
+
+class RolloutCreate(BaseModel):
+    """Request to start a rollout."""
+
+    model_config = ConfigDict(extra="forbid")
+    release_id: str = Field(max_length=64)
+    group: str | None = Field(default=None, pattern=LABEL)
+    tags: list[str] = Field(default_factory=list, max_length=32)
+    phases: list[PhaseModel] | None = Field(default=None, min_length=1, max_length=20)
+    failure_threshold: float = Field(default=0.1, ge=0, le=1)
+    min_reports_for_abort: int = Field(default=5, ge=1, le=10**9)
+    abort_action: Literal["abort", "pause"] = "abort"
+    progress_timeout: int = Field(default=3600, ge=1, le=10**8)
+
+
+class RolloutPublic(BaseModel):
+    """A rollout with its outcome counters."""
+
+    id: str
+    release_id: str
+    previous_release_id: str | None
+    selector: dict[str, Any]
+    phases: list[dict[str, Any]]
+    phase_index: int
+    state: str
+    reason: str | None
+    succeeded: int
+    failed: int
+    in_progress: int
+
+
+class DevicePublic(BaseModel):
+    """A device as operators see it."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    hardware_profile: str
+    tags: list[str]
+    group: str | None
+    state: str
+    current_sha256: str | None
+    last_report_counter: int
+
+
+class AuditPublic(BaseModel):
+    """An audit log entry."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any]

@@ -1,0 +1,138 @@
+"""The OTA server's one settings class (pydantic-settings, env prefix ``EDGEFLEET_``).
+
+Nothing is read at import time: the app factory and the CLI call :func:`load_settings`. In development mode
+(the default) everything lives under ``$EDGEFLEET_HOME`` (or ``./.edgefleet``): SQLite database, blob folder,
+key folder and the device-token secret, all created on first start. Outside development mode the server
+refuses to start on the default token secret or on keys it generated itself.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ota.core.signing import atomic_write_bytes
+from ota.server.errors import ConfigError
+
+DEFAULT_SECRET = "change-me"  # noqa: S105 - the sentinel that production mode refuses
+
+
+def edgefleet_home() -> Path:
+    """Return the state folder: ``$EDGEFLEET_HOME`` or ``./.edgefleet``."""
+    return Path(os.environ.get("EDGEFLEET_HOME", ".edgefleet")).resolve()
+
+
+class ServerSettings(BaseSettings):
+    """Every knob of the OTA server; each field reads ``EDGEFLEET_<NAME>`` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore")
+
+    mode: Literal["development", "production"] = "development"
+    home: Path = Field(default_factory=edgefleet_home)
+    database_url: str = ""
+    blob_url: str = ""
+    s3_endpoint_url: str | None = None
+    s3_presign: bool = False
+    key_dir: Path | None = None
+    public_base_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    migrate_on_start: bool = True
+    token_secret: str = DEFAULT_SECRET
+
+    # Polling and expiry periods, in seconds.
+    poll_interval: int = Field(default=60, ge=1)
+    poll_jitter: int = Field(default=15, ge=0)
+    assignment_expiry: int = Field(default=24 * 3600, ge=60)
+    device_token_ttl: int = Field(default=900, ge=30)
+    challenge_ttl: int = Field(default=120, ge=5)
+    timestamp_expiry: int = Field(default=24 * 3600, ge=60)
+    snapshot_expiry: int = Field(default=7 * 24 * 3600, ge=60)
+    targets_expiry: int = Field(default=365 * 24 * 3600, ge=60)
+    root_expiry: int = Field(default=365 * 24 * 3600, ge=60)
+    # The background task re-signs timestamp/snapshot when less than this fraction of their life is left.
+    resign_fraction: float = Field(default=0.5, gt=0, lt=1)
+    resign_check_interval: float = Field(default=60.0, gt=0)
+    # How often each process checks the shared generation counter to drop stale cached assignments.
+    cache_refresh_interval: float = Field(default=0.5, gt=0)
+
+    delta_base_count: int = Field(default=3, ge=0)
+    max_artifact_bytes: int = Field(default=2 * 1024**3, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    rollout_tick_interval: float = Field(default=10.0, gt=0)
+    # Default phases of a rollout when the API or CLI gives none (EDGEFLEET_ROLLOUT_PHASES='[1,10,50,100]').
+    rollout_phases: list[float] = Field(default_factory=lambda: [1.0, 10.0, 50.0, 100.0], min_length=1)
+    rollout_min_soak_seconds: int = Field(default=0, ge=0)
+    rollout_min_reports: int = Field(default=0, ge=0)
+
+    def default_phases(self) -> list[Any]:
+        """Return the configured default phases as ``rollout_machine.Phase`` objects."""
+        from ota.server.rollout_machine import Phase
+
+        return [
+            Phase(p, self.rollout_min_soak_seconds, self.rollout_min_reports) for p in self.rollout_phases
+        ]
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite under ``home``."""
+        return self.database_url or f"sqlite:///{self.home / 'server.db'}"
+
+    @property
+    def resolved_blob_url(self) -> str:
+        """The blob store URL, defaulting to a folder under ``home``."""
+        return self.blob_url or (self.home / "blobs").as_uri()
+
+    @property
+    def resolved_key_dir(self) -> Path:
+        """The key folder, defaulting to ``home/keys``."""
+        return (self.key_dir or self.home / "keys").expanduser().resolve()
+
+    @property
+    def development(self) -> bool:
+        """True in development mode, where generated keys and secrets are allowed."""
+        return self.mode == "development"
+
+
+def load_settings(**overrides: object) -> ServerSettings:
+    """Build settings from the environment (plus explicit overrides) and fill in development secrets.
+
+    In development mode a missing token secret is generated once into ``home/token_secret`` (0600).
+    In production mode the default secret is refused.
+
+    Args:
+        **overrides: Field values that win over the environment (tests and the CLI use them).
+
+    Returns:
+        The settings.
+
+    Raises:
+        ConfigError: Production mode with the default token secret, or the secret file cannot be written.
+    """
+    settings = ServerSettings(**overrides)  # type: ignore[arg-type]
+    if settings.token_secret == DEFAULT_SECRET:
+        if not settings.development:
+            raise ConfigError("EDGEFLEET_TOKEN_SECRET must be set outside development mode")
+        settings.token_secret = _development_secret(settings.home / "token_secret")
+    return settings
+
+
+def _development_secret(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(32)
+    try:
+        atomic_write_bytes(path, secret.encode(), mode=0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot write development secret {path}: {exc}") from exc
+    return secret

@@ -1,0 +1,118 @@
+"""Test and benchmark helpers that play a device against the server's HTTP API.
+
+Not used by the server itself. Tests (unit, through ``TestClient``; integration, through a real socket)
+and ``bench/poll_bench.py`` share this small device so that the wire format is exercised the same way the
+edge agent does, through ``ota.core.manifest``. Any httpx-compatible client works (``TestClient`` included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from securesystemslib.signer import CryptoSigner
+
+from ota.core.manifest import (
+    EnrolmentRequest,
+    ReportStatus,
+    StatusReport,
+    TokenRequest,
+    format_time,
+    sign_status_report,
+    utc_now,
+)
+from ota.core.signing import generate_ed25519_signer, key_to_dict, sign_document
+
+
+class HttpClient(Protocol):
+    """The part of httpx.Client (and Starlette's TestClient) the helpers use."""
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        """Send a GET."""
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        """Send a POST."""
+
+
+@dataclass
+class SimDevice:
+    """A device identity with its own Ed25519 key and report counter."""
+
+    device_id: str
+    profile: str = "cpu-generic"
+    tags: tuple[str, ...] = ()
+    group: str | None = None
+    signer: CryptoSigner = field(default_factory=generate_ed25519_signer)
+    counter: int = 0
+    token: str | None = None
+
+    def enrolment(self, provisioning_token: str) -> dict[str, Any]:
+        """Return the signed enrolment envelope."""
+        request = EnrolmentRequest(
+            device_id=self.device_id,
+            provisioning_token=provisioning_token,
+            public_key=key_to_dict(self.signer.public_key),
+            hardware_profile=self.profile,
+            hardware={"arch": "x86_64"},
+            tags=self.tags,
+            group=self.group,
+        )
+        return sign_document(request.to_dict(), [self.signer])
+
+    def enrol(self, client: HttpClient, provisioning_token: str) -> Any:
+        """POST the enrolment and return the response."""
+        return client.post("/v1/enrol", json=self.enrolment(provisioning_token))
+
+    def login(self, client: HttpClient) -> str:
+        """Run challenge → signed token request → token; remember and return the token.
+
+        Raises:
+            AssertionError: The server refused.
+        """
+        challenge = client.post(f"/v1/devices/{self.device_id}/challenge")
+        assert challenge.status_code == 200, challenge.text
+        request = TokenRequest(device_id=self.device_id, nonce=challenge.json()["nonce"])
+        answer = client.post(
+            f"/v1/devices/{self.device_id}/token", json=sign_document(request.to_dict(), [self.signer])
+        )
+        assert answer.status_code == 200, answer.text
+        self.token = str(answer.json()["token"])
+        return self.token
+
+    def headers(self, etag: str | None = None) -> dict[str, str]:
+        """Return the auth (and If-None-Match) headers of a poll."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if etag:
+            headers["If-None-Match"] = etag
+        return headers
+
+    def poll(self, client: HttpClient, *, current: str | None = None, etag: str | None = None) -> Any:
+        """GET the assignment."""
+        params = {"current": current} if current else None
+        return client.get(
+            f"/v1/devices/{self.device_id}/assignment", params=params, headers=self.headers(etag)
+        )
+
+    def report_envelope(
+        self, status: ReportStatus, *, counter: int | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Return a signed status report (the counter advances unless given)."""
+        if counter is None:
+            self.counter += 1
+            counter = self.counter
+        report = StatusReport(
+            device_id=fields.pop("device_id", self.device_id),
+            counter=counter,
+            status=status,
+            timestamp=format_time(utc_now()),
+            **fields,
+        )
+        return sign_status_report(report, self.signer)
+
+    def report(self, client: HttpClient, status: ReportStatus, **fields: Any) -> Any:
+        """POST a signed status report."""
+        return client.post(
+            f"/v1/devices/{self.device_id}/reports",
+            json=self.report_envelope(status, **fields),
+            headers=self.headers(),
+        )

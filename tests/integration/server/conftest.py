@@ -1,0 +1,131 @@
+"""Fixtures for the OTA server's integration tests: a real uvicorn server on a free port, PostgreSQL in a
+fresh schema per test, and S3 through moto's server mode, all started and stopped by the tests."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+
+from ota.server.app import create_app
+from ota.server.auth import create_operator_token, create_provisioning_token
+from ota.server.context import ServerContext, build_context
+from ota.server.db import transaction
+from ota.server.settings import ServerSettings, load_settings
+
+PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    url: str
+    ctx: ServerContext
+    admin_token: str
+    provisioning_token: str
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+
+@contextmanager
+def live_server(settings: ServerSettings) -> Iterator[LiveServer]:
+    """Run the app on uvicorn in a thread; stop it (and its background tasks) on exit."""
+    ctx = build_context(settings)
+    with transaction(ctx.sessions) as session:
+        _admin_row, admin = create_operator_token(session, name="it-admin", scopes=["admin"])
+        _prov_row, provisioning = create_provisioning_token(session, name="it", auto_accept=True)
+    port = settings.port
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(ctx=ctx), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+    try:
+        yield LiveServer(f"http://127.0.0.1:{port}", ctx, admin, provisioning)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema (dropped afterwards), selected through the connection's search_path."""
+    schema = f"ef_it_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is required for this test: {exc}")
+    url = (
+        PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://") + f"?options=-csearch_path%3D{schema}"
+    )
+    try:
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """moto's S3 in server mode, over real HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def settings_for(tmp_path: Path, **overrides: Any) -> ServerSettings:
+    port = free_port()
+    values: dict[str, Any] = {
+        "home": tmp_path / "home",
+        "token_secret": "integration-secret",
+        "port": port,
+        "public_base_url": f"http://127.0.0.1:{port}",
+        "poll_jitter": 0,
+        "cache_refresh_interval": 0.2,
+        "rollout_tick_interval": 3600,
+        "resign_check_interval": 3600,
+    }
+    values.update(overrides)
+    return load_settings(**values)

@@ -1,0 +1,214 @@
+"""Rollout service on SQLite: auto-advance, auto-abort with rollback to the previous release, timeouts,
+one active rollout per selector, and what the director assigns in each case."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ota.core.manifest import ReportStatus
+from ota.server.context import ServerContext
+from ota.server.db import transaction
+from ota.server.director import decide_release
+from ota.server.errors import ConflictError
+from ota.server.models import Device, Release, Rollout
+from ota.server.releases import publish_release
+from ota.server.rollout_machine import Phase, RolloutEvent, in_cohort
+from ota.server.rollouts import control_rollout, counters, create_rollout, record_device_status, tick_rollout
+
+NOW = datetime.now(UTC)
+
+
+def publish(ctx: ServerContext, tmp_path: Path, version: str) -> str:
+    artifact = tmp_path / f"model-{version}.onnx"
+    artifact.write_bytes(f"model {version} ".encode() * 50)
+    result = publish_release(
+        factory=ctx.sessions,
+        blobs=ctx.blobs,
+        repository=ctx.repository,
+        artifact=artifact,
+        model="net",
+        version=version,
+        profile="cpu-generic",
+        delta_base_count=0,
+    )
+    return result.release.id
+
+
+def add_devices(ctx: ServerContext, count: int) -> list[str]:
+    ids = [f"d{i:04d}" for i in range(count)]
+    with transaction(ctx.sessions) as session:
+        for device_id in ids:
+            session.add(
+                Device(
+                    id=device_id,
+                    public_key={},
+                    keyid="0" * 64,
+                    hardware_profile="cpu-generic",
+                    hardware={},
+                    tags=["fleet-a"],
+                    state="accepted",
+                )
+            )
+    return ids
+
+
+def report(
+    ctx: ServerContext, rollout_id: str, device_id: str, status: ReportStatus, at: datetime = NOW
+) -> None:
+    with transaction(ctx.sessions) as session:
+        record_device_status(session, rollout_id=rollout_id, device_id=device_id, status=status.value, now=at)
+
+
+def tick(ctx: ServerContext, rollout_id: str, at: datetime = NOW) -> RolloutEvent | None:
+    with transaction(ctx.sessions) as session:
+        return tick_rollout(session, rollout_id, now=at)
+
+
+def state_of(ctx: ServerContext, rollout_id: str) -> tuple[str, int]:
+    with ctx.sessions() as session:
+        rollout = session.get(Rollout, rollout_id)
+        assert rollout is not None
+        return rollout.state, rollout.phase_index
+
+
+def assigned(ctx: ServerContext, device_id: str) -> str | None:
+    with ctx.sessions() as session:
+        device = session.get(Device, device_id)
+        assert device is not None
+        release, _rollout = decide_release(session, device)
+        return release.id if release else None
+
+
+@pytest.fixture
+def fleet(ctx: ServerContext, tmp_path: Path) -> dict[str, object]:
+    v1 = publish(ctx, tmp_path, "1")
+    v2 = publish(ctx, tmp_path, "2")
+    devices = add_devices(ctx, 200)
+    with transaction(ctx.sessions) as session:
+        first = create_rollout(session, release_id=v1, phases=[Phase(100)], actor="test", now=NOW).id
+    assert tick(ctx, first) is RolloutEvent.ADVANCE
+    assert state_of(ctx, first) == ("completed", 0)
+    with transaction(ctx.sessions) as session:
+        second = create_rollout(
+            session,
+            release_id=v2,
+            phases=[Phase(10, 60, 2), Phase(50, 60, 5), Phase(100)],
+            failure_threshold=0.2,
+            min_reports_for_abort=5,
+            progress_timeout=600,
+            actor="test",
+            now=NOW + timedelta(microseconds=1),
+        ).id
+    return {"v1": v1, "v2": v2, "devices": devices, "rollout": second}
+
+
+def test_auto_advance_after_soak_and_successes(ctx: ServerContext, fleet: dict) -> None:
+    rollout = fleet["rollout"]
+    cohort = [d for d in fleet["devices"] if in_cohort(d, rollout, 10)]
+    outside = [d for d in fleet["devices"] if not in_cohort(d, rollout, 50)]
+    assert cohort and outside
+    assert all(assigned(ctx, d) == fleet["v2"] for d in cohort)
+    assert all(assigned(ctx, d) == fleet["v1"] for d in outside)
+    for device in cohort[:2]:
+        report(ctx, rollout, device, ReportStatus.COMMITTED)
+    assert tick(ctx, rollout, NOW + timedelta(seconds=30)) is None  # not soaked yet
+    assert tick(ctx, rollout, NOW + timedelta(seconds=61)) is RolloutEvent.ADVANCE
+    assert state_of(ctx, rollout) == ("running", 1)
+    # The phase clock restarted: a second tick at the same moment does not advance again.
+    assert tick(ctx, rollout, NOW + timedelta(seconds=62)) is None
+    assert state_of(ctx, rollout) == ("running", 1)
+
+
+def test_auto_abort_sends_devices_back_to_previous_release(ctx: ServerContext, fleet: dict) -> None:
+    rollout = fleet["rollout"]
+    cohort = [d for d in fleet["devices"] if in_cohort(d, rollout, 10)]
+    assert len(cohort) >= 5
+    for device in cohort[:3]:
+        report(ctx, rollout, device, ReportStatus.COMMITTED)
+    for device in cohort[3:5]:
+        report(ctx, rollout, device, ReportStatus.HEALTH_CHECK_FAILED)
+    assert tick(ctx, rollout) is RolloutEvent.ABORT  # 2 of 5 = 40 % > 20 %
+    assert state_of(ctx, rollout)[0] == "aborted"
+    assert all(assigned(ctx, d) == fleet["v1"] for d in fleet["devices"])
+
+
+def test_failure_rule_waits_for_minimum_reports(ctx: ServerContext, fleet: dict) -> None:
+    rollout = fleet["rollout"]
+    cohort = [d for d in fleet["devices"] if in_cohort(d, rollout, 10)]
+    for device in cohort[:4]:
+        report(ctx, rollout, device, ReportStatus.ROLLED_BACK)
+    assert tick(ctx, rollout) is None
+    assert state_of(ctx, rollout)[0] == "running"
+
+
+def test_stuck_devices_time_out_and_count_as_failures(ctx: ServerContext, fleet: dict) -> None:
+    rollout = fleet["rollout"]
+    cohort = [d for d in fleet["devices"] if in_cohort(d, rollout, 10)]
+    for device in cohort[:5]:
+        report(ctx, rollout, device, ReportStatus.DOWNLOADING)
+    with ctx.sessions() as session:
+        assert counters(session, rollout).in_progress == 5
+    assert tick(ctx, rollout, NOW + timedelta(seconds=300)) is None
+    assert tick(ctx, rollout, NOW + timedelta(seconds=601)) is RolloutEvent.ABORT
+    with ctx.sessions() as session:
+        assert counters(session, rollout).failed == 5
+
+
+def test_repeated_status_is_idempotent(ctx: ServerContext, fleet: dict) -> None:
+    rollout = fleet["rollout"]
+    device = next(d for d in fleet["devices"] if in_cohort(d, rollout, 10))
+    for _ in range(3):
+        report(ctx, rollout, device, ReportStatus.COMMITTED)
+    with ctx.sessions() as session:
+        assert counters(session, rollout).succeeded == 1
+
+
+def test_one_active_rollout_per_selector(ctx: ServerContext, fleet: dict) -> None:
+    with transaction(ctx.sessions) as session, pytest.raises(ConflictError):
+        create_rollout(session, release_id=fleet["v1"], actor="test")
+    # A different selector (a tag) is allowed alongside.
+    with transaction(ctx.sessions) as session:
+        create_rollout(session, release_id=fleet["v1"], tags=("fleet-a",), actor="test")
+
+
+def test_manual_pause_resume_rollback(ctx: ServerContext, fleet: dict) -> None:
+    rollout = fleet["rollout"]
+    for event, state in (("pause", "paused"), ("resume", "running"), ("rollback", "rolled-back")):
+        with transaction(ctx.sessions) as session:
+            assert control_rollout(session, rollout, RolloutEvent(event), actor="op").state == state
+    assert all(assigned(ctx, d) == fleet["v1"] for d in fleet["devices"][:50])
+    with ctx.sessions() as session:
+        assert session.get(Release, fleet["v1"]) is not None
+
+
+def test_late_progress_report_does_not_undo_an_outcome(ctx: ServerContext, fleet: dict) -> None:
+    rollout = fleet["rollout"]
+    device = next(d for d in fleet["devices"] if in_cohort(d, rollout, 10))
+    report(ctx, rollout, device, ReportStatus.COMMITTED)
+    report(ctx, rollout, device, ReportStatus.INSTALLED)
+    with ctx.sessions() as session:
+        assert counters(session, rollout).succeeded == 1
+    report(ctx, rollout, device, ReportStatus.ROLLED_BACK)
+    with ctx.sessions() as session:
+        assert counters(session, rollout) == type(counters(session, rollout))(succeeded=0, failed=1)
+
+
+def test_reports_for_a_rollout_not_targeting_the_device_are_ignored(ctx: ServerContext, fleet: dict) -> None:
+    with transaction(ctx.sessions) as session:
+        session.add(
+            Device(
+                id="other-profile",
+                public_key={},
+                keyid="0" * 64,
+                hardware_profile="arm64",
+                hardware={},
+                tags=[],
+                state="accepted",
+            )
+        )
+    report(ctx, fleet["rollout"], "other-profile", ReportStatus.HEALTH_CHECK_FAILED)
+    with ctx.sessions() as session:
+        assert counters(session, fleet["rollout"]).failed == 0
