@@ -8,8 +8,9 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STATE := $(CURDIR)/.edgefleet
+STATE ?= $(CURDIR)/.edgefleet
 STAMP := $(VENV)/.installed
+CONFIG ?= configs/default.yaml
 
 # ZenML keeps its config (stacks, local store) here instead of the user's home folder.
 export ZENML_CONFIG_PATH := $(STATE)/zenml
@@ -31,7 +32,7 @@ setup: $(STAMP)
 	$(BIN)/edgefleet stack init
 
 run: setup
-	$(BIN)/zenml pipeline run pipelines.training.training_pipeline -c configs/default.yaml
+	$(BIN)/zenml pipeline run pipelines.training.training_pipeline -c $(CONFIG)
 	$(BIN)/edgefleet pipeline summary
 
 lint: $(STAMP)

@@ -31,6 +31,8 @@ PROFILE_TAG = "edgefleet.profile"
 VARIANT_TAG = "edgefleet.variant"
 SHA256_TAG = "edgefleet.sha256"
 CANDIDATE_ALIAS = "candidate"
+METRIC_PREFIX = "edgefleet.metric."
+GATE_PREFIX = "edgefleet.gate."
 # Declared, not inferred: MLflow's requirement inference loads the model in a subprocess (~10 s each).
 PIP_REQUIREMENTS = ["onnx", "onnxruntime"]
 
@@ -116,6 +118,7 @@ def register_variant(
     metrics: Mapping[str, float],
     params: Mapping[str, str],
     lineage: Lineage,
+    gates: Mapping[str, float] | None = None,
     extra_files: Sequence[Path] = (),
     experiment_name: str = "edgefleet-training",
     alias: str = CANDIDATE_ALIAS,
@@ -134,6 +137,8 @@ def register_variant(
         metrics: Every metric of the variant (and the teacher's, prefixed).
         params: Training and optimisation parameters.
         lineage: Code, data, config, run and teacher identity.
+        gates: The profile's gate limits the variant passed, kept as ``edgefleet.gate.*`` tags so that
+            promotion can re-check them without the original config.
         extra_files: Model card and plots, stored with the model's artifacts.
         experiment_name: Experiment used when no run is active.
         alias: Alias to set on the version.
@@ -181,8 +186,9 @@ def register_variant(
     except MlflowException as exc:
         raise RegistryError(f"MLflow refused to register {model_name} ({profile}): {exc}") from exc
     version = str(info.registered_model_version)
-    metric_tags = {f"edgefleet.metric.{k}": f"{float(v):.6g}" for k, v in metrics.items()}
-    for key, value in {**tags, **metric_tags}.items():
+    metric_tags = {f"{METRIC_PREFIX}{k}": f"{float(v):.6g}" for k, v in metrics.items()}
+    gate_tags = {f"{GATE_PREFIX}{k}": repr(float(v)) for k, v in (gates or {}).items()}
+    for key, value in {**tags, **metric_tags, **gate_tags}.items():
         client.set_model_version_tag(model_name, version, key, value)
     client.set_registered_model_alias(model_name, alias, version)
     return RegisteredVersion(
@@ -225,3 +231,122 @@ def use_tracking_uri(uri: str) -> None:
     """Point this process's MLflow client (tracking and registry) at ``uri``."""
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+
+
+# --- Read helpers for ``edgefleet models`` and ``registry.promotion`` (all take an explicit client). ---
+
+
+def version_gates(version: ModelVersion) -> dict[str, float]:
+    """The gate limits recorded on a version at registration (its ``edgefleet.gate.*`` tags).
+
+    A tag whose value is not a number is skipped: ``GateProfile.from_config`` then reports the profile as
+    incomplete rather than this helper crashing on a hand-edited tag.
+    """
+    gates: dict[str, float] = {}
+    for key, value in version.tags.items():
+        if not key.startswith(GATE_PREFIX):
+            continue
+        try:
+            gates[key[len(GATE_PREFIX) :]] = float(value)
+        except ValueError:
+            continue
+    return gates
+
+
+def resolve_version(client: MlflowClient, name: str, version_or_alias: str) -> ModelVersion:
+    """Look up a version of ``name`` by number or alias on an explicit client.
+
+    Raises:
+        ModelNotFoundError: No such registered model, version or alias.
+    """
+    try:
+        if version_or_alias.isdigit():
+            return client.get_model_version(name, version_or_alias)
+        return client.get_model_version_by_alias(name, version_or_alias)
+    except MlflowException as exc:
+        raise ModelNotFoundError(f"{name} has no version or alias {version_or_alias!r}") from exc
+
+
+def model_aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    """Alias → version number of one registered model.
+
+    Raises:
+        ModelNotFoundError: No registered model called ``name``.
+    """
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        raise ModelNotFoundError(f"no registered model called {name!r}") from exc
+    return {str(alias): str(version) for alias, version in (registered.aliases or {}).items()}
+
+
+def model_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
+    """Every version of ``name``, newest first.
+
+    Raises:
+        ModelNotFoundError: No registered model called ``name``.
+    """
+    model_aliases(client, name)  # a clear error for an unknown model instead of an empty list
+    versions: list[ModelVersion] = []
+    token: str | None = None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", max_results=200, page_token=token)
+        versions.extend(page)
+        token = page.token
+        if not token:
+            break
+    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
+def edgefleet_model_names(client: MlflowClient) -> list[str]:
+    """Names of the registered models that hold at least one EdgeFleet version (``edgefleet.profile`` tag)."""
+    names: set[str] = set()
+    token: str | None = None
+    while True:
+        # Model-version tag filters cannot test "tag exists", so page through versions and keep the tagged.
+        page = client.search_model_versions(max_results=200, page_token=token)
+        names.update(str(v.name) for v in page if PROFILE_TAG in v.tags)
+        token = page.token
+        if not token:
+            break
+    return sorted(names)
+
+
+def logged_model_id(version: ModelVersion) -> str | None:
+    """The LoggedModel id behind a version.
+
+    The SQL registry does not always fill ``ModelVersion.model_id``; the source ``models:/m-<id>`` does.
+    """
+    if getattr(version, "model_id", None):
+        return str(version.model_id)
+    source = str(version.source or "")
+    if source.startswith("models:/m-"):
+        return source.removeprefix("models:/")
+    return None
+
+
+def version_artifacts(client: MlflowClient, version: ModelVersion) -> list[tuple[str, int | None]]:
+    """Every file stored with a version's LoggedModel, as (relative path, size in bytes), sorted by path.
+
+    Raises:
+        RegistryError: The version has no LoggedModel, or its artifact store cannot be listed.
+    """
+    model_id = logged_model_id(version)
+    if model_id is None:
+        raise RegistryError(
+            f"{version.name} version {version.version} has no logged model (source {version.source!r})"
+        )
+    files: list[tuple[str, int | None]] = []
+    pending: list[str | None] = [None]
+    try:
+        while pending:
+            for info in client.list_logged_model_artifacts(model_id, pending.pop()):
+                if info.is_dir:
+                    pending.append(info.path)
+                else:
+                    files.append((str(info.path), info.file_size))
+    except (MlflowException, OSError) as exc:
+        raise RegistryError(
+            f"cannot list the artifacts of {version.name} version {version.version}: {exc}"
+        ) from exc
+    return sorted(files)

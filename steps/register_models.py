@@ -120,6 +120,7 @@ def register_models(
                 "input_shape": str(splits.input_shape),
             },
             lineage=lineage,
+            gates=config.profiles[selection.profile].model_dump(),
             extra_files=report.all(),
         )
         verb = "registered" if version.created else "unchanged, already registered as"

@@ -138,3 +138,19 @@ def test_summary_prints_variants_and_the_registered_version(project: dict[str, o
     assert "student-int8-static" in summary.stdout
     assert MODEL in summary.stdout and "candidate" in summary.stdout
     assert "mlflow ui --backend-store-uri" in summary.stdout
+
+
+def test_make_run_command_path_reuses_the_cache_and_registers_no_duplicate(
+    project: dict[str, object],
+) -> None:
+    """`make run` (stack init, `zenml pipeline run`, summary) on the same inputs: no second version."""
+    client: MlflowClient = project["client"]  # type: ignore[assignment]
+    before = {(v.name, v.version) for v in client.search_model_versions()}
+    make = _run(
+        ["make", "run", "CONFIG=configs/ci.yaml", f"STATE={project['home']}"],
+        project["env"],  # type: ignore[arg-type]
+    )
+    assert make.returncode == 0, (make.stdout + make.stderr)[-4000:]
+    assert "zenml pipeline run pipelines.training.training_pipeline -c configs/ci.yaml" in make.stdout
+    assert "Registered in MLflow" in make.stdout
+    assert {(v.name, v.version) for v in client.search_model_versions()} == before

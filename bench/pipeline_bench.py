@@ -1,0 +1,142 @@
+"""End-to-end optimisation benchmark on scikit-learn digits: every variant against the torch teacher.
+
+Trains a teacher and a distilled student briefly, builds every variant the pipeline can ship
+(FP32, pruned, static / dynamic / QAT INT8), scores each on the held-out test split, benchmarks them
+all in this one process (the torch-eager teacher included as the baseline) and prints the variants
+table with ratios to the teacher, then the issue's goals with measured values.
+
+Run: ``.venv/bin/python bench/pipeline_bench.py [--threads 1] [--runs 1000] [--epochs-scale 1.0]``.
+It sits beside the other ``bench/`` scripts; ``make bench`` runs it. Needs no network and no stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from ml.benchmark import BenchmarkConfig, benchmark_variants, format_variant_table, ratios_to
+from ml.config import PruneConfig, QuantizeConfig, TrainConfig
+from ml.data import load_dataset, split
+from ml.distill import DistillConfig, build_student, distill
+from ml.gates import GateProfile, select_variant
+from ml.nets import TEACHER_SPEC, build_net, count_macs, count_parameters
+from ml.train import accuracy, fit, seed_everything
+from ml.variants import build_variants
+from ml.variants import candidates as variant_candidates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every epoch budget")
+    parser.add_argument("--calibration", default="minmax", choices=["minmax", "entropy", "percentile"])
+    parser.add_argument("--data", default="digits", help="digits, synthetic-glyphs, a folder or an .npz")
+    parser.add_argument("--out", type=Path, default=None, help="keep the ONNX files here")
+    args = parser.parse_args()
+
+    def epochs(n: int) -> int:
+        return max(1, round(n * args.epochs_scale))
+
+    console = Console(width=230)
+    torch.set_num_threads(args.threads)
+    seed_everything(0)
+    x, y, names = load_dataset(args.data)
+    data = split(x, y, names, name=args.data, seed=0)
+    shape = data.input_shape
+    train, val = (data.x_train, data.y_train), (data.x_val, data.y_val)
+    started = time.perf_counter()
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as scratch:
+        out = args.out or Path(scratch)
+        out.mkdir(parents=True, exist_ok=True)
+
+        console.print("[bold]training[/] teacher and distilled student (brief)")
+        teacher = build_net(TEACHER_SPEC, in_channels=shape[0], num_classes=data.num_classes)
+        fit(teacher, train, val, epochs=epochs(6), lr=2e-3, patience=3, seed=0)
+        student = build_student(data, seed=0)
+        distill(student, teacher, data, DistillConfig(epochs=epochs(15), patience=4))
+        teacher.eval()
+        student.eval()
+
+        variants_dir = out / "variants"
+        manifest = build_variants(
+            teacher=teacher,
+            student=student,
+            splits=data,
+            folder=variants_dir,
+            prune=PruneConfig(fine_tune=TrainConfig(epochs=epochs(3), lr=1e-3, patience=2, seed=1)),
+            quantize=QuantizeConfig(
+                calibration_method=args.calibration,
+                qat_train=TrainConfig(epochs=epochs(2), lr=5e-4, patience=2, seed=2),
+            ),
+            threads=args.threads,
+            log=lambda line: console.print(f"[bold]{line}[/]"),
+        )
+        prune_table = Table(title="Pruning: student before → after (ONNX FP32, batch-1 P50 on ORT)")
+        for column in ("method", "quantity", "before", "after", "after/before"):
+            prune_table.add_column(column, justify="left" if column in ("method", "quantity") else "right")
+        for label, quantity, before, after, ratio in manifest.pruning:
+            prune_table.add_row(label, quantity, f"{before:,.4g}", f"{after:,.4g}", f"{ratio:.3f}")
+        console.print(prune_table)
+        teacher_acc = accuracy(teacher, data.x_test, data.y_test)
+        candidates = variant_candidates(
+            variants_dir, manifest, teacher=copy.deepcopy(teacher), teacher_accuracy=teacher_acc
+        )
+
+        config = BenchmarkConfig(threads=args.threads, runs=args.runs)
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("benchmarking", total=len(candidates) * config.runs)
+            done: dict[str, int] = {}
+
+            def progress(name: str, finished: int, total: int) -> None:
+                done[name] = finished
+                bar.update(task, completed=sum(done.values()))
+
+            results = benchmark_variants(candidates, data.x_test[:64], config=config, progress=progress)
+
+    by_name = {r.name: r for r in results}
+    console.print(format_variant_table(results, title=f"EdgeFleet pipeline variants on {args.data}"))
+    teacher_eager = by_name["teacher-torch-eager"]
+    student_int8 = by_name["student-int8-static"]
+    teacher_fp32, teacher_int8 = by_name["teacher-fp32"], by_name["teacher-int8-static"]
+    speed = ratios_to(teacher_eager, student_int8)["speedup_p50"]
+    size = student_int8.size_bytes / teacher_fp32.size_bytes
+    int8_gain = teacher_fp32.p50_ms / teacher_int8.p50_ms
+    drop_pp = 100 * (teacher_acc - (student_int8.accuracy or 0.0))
+    goals = [
+        ("student INT8 static P50 vs torch-eager teacher P50", f"{speed:.1f}×", "≥ 15×", speed >= 15),
+        ("student INT8 file / teacher FP32 ONNX file", f"1/{1 / size:.1f}", "≤ 1/30", size <= 1 / 30),
+        ("teacher INT8 static vs teacher FP32 on ORT (P50)", f"{int8_gain:.2f}×", "≥ 2×", int8_gain >= 2),
+        ("student INT8 accuracy drop vs teacher", f"{drop_pp:+.2f} pp", "≤ 0.5 pp", drop_pp <= 0.5),
+    ]
+    console.print(
+        f"teacher: {count_parameters(teacher):,} params, {count_macs(teacher, shape):,} MACs; "
+        f"student: {count_parameters(student):,} params"
+    )
+    for label, measured, goal, ok in goals:
+        console.print(f"  {'PASS' if ok else 'MISS'}  {label}: {measured} (goal {goal})")
+    profile = GateProfile(
+        name="cpu-int8-small", min_accuracy=0.9, max_accuracy_drop_vs_teacher=0.005, max_size_kb=100
+    )
+    onnx_only = [r for r in results if r.runtime == "onnxruntime"]
+    try:
+        chosen = select_variant(profile, onnx_only, teacher_acc)
+        console.print(
+            f"profile {profile.name} selects [bold]{chosen.variant}[/] (P50 {chosen.p50_ms:.4f} ms)"
+        )
+    except Exception as exc:  # GateError: show the table, the benchmark itself succeeded
+        console.print(str(exc))
+    console.print(f"total wall time {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
