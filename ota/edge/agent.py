@@ -1,0 +1,634 @@
+"""The edge agent's poll loop: enrol, poll the director, verify with TUF, install, report.
+
+One :meth:`Agent.poll_once` does, in order:
+
+1. finish an update interrupted by a restart (the plan was verified before it was persisted);
+2. enrol on first start (device key, hardware profile; store the trusted TUF root and director key);
+3. get a short-lived token (challenge signed by the device key);
+4. ``GET /v1/devices/{id}/assignment`` with ``If-None-Match``; a 304 costs nothing more;
+5. verify the assignment: director signature, device id, hardware profile, counter never below the last
+   accepted one, expiry (:func:`ota.core.manifest.verify_assignment`);
+6. refresh the image repository with python-tuf's ``ngclient.Updater`` from the stored root and check
+   that TUF and the director agree on the target's (and delta's) length and sha256;
+7. hand a persisted :class:`~ota.edge.state.UpdatePlan` to the :class:`~ota.edge.install.Installer`;
+8. flush signed status reports queued on disk.
+
+Failures map to typed errors. Verification failures are reported with the attack flag, and a target
+that failed the same way is not retried until the director's counter changes. Network and 5xx errors
+back off exponentially with full jitter and a cap; the loop never sleeps less than the minimum poll
+interval, so it never busy-loops.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata, Root, TargetFile
+from tuf.ngclient import Updater, UpdaterConfig
+
+from ota.core.errors import OtaError
+from ota.core.manifest import (
+    AdmissionState,
+    Assignment,
+    EnrolmentRequest,
+    EnrolmentResponse,
+    ReportStatus,
+    TokenRequest,
+    parse_time,
+    verify_assignment,
+)
+from ota.core.signing import sign_document
+from ota.edge.backoff import full_jitter_delay, jittered_interval
+from ota.edge.config import AgentConfig
+from ota.edge.errors import EdgeError, FetchError, HttpStatusError, VerificationError
+from ota.edge.fetch import Fetcher, make_client
+from ota.edge.identity import DeviceIdentity, Enrolment
+from ota.edge.install import DeltaApplier, FaultHook, HealthChecker, Installer, InstallEvent
+from ota.edge.profile import HardwareProfile, detect_profile
+from ota.edge.reports import ReportQueue
+from ota.edge.state import ArtifactRef, UpdatePlan
+from ota.edge.tuf_fetcher import HttpxFetcher
+
+log = logging.getLogger(__name__)
+
+FAILURES_KEY = "failed_assignments"
+ETAG_KEY = "assignment"
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """What one poll did and when to poll next.
+
+    Attributes:
+        outcome: ``unchanged`` (304), ``up-to-date``, ``no-target``, ``installed``, ``rolled-back``,
+            ``failed``, ``skipped`` (same failure as before), ``pending`` (awaiting admission), ``rejected``
+            or ``error`` (network or server trouble).
+        delay_s: Seconds to wait before the next poll.
+        detail: Reason or extra information.
+        attack: True when verification failed in a way that looks like an attack.
+    """
+
+    outcome: str
+    delay_s: float
+    detail: str | None = None
+    attack: bool = False
+
+
+class Agent:
+    """One device's update agent.
+
+    Args:
+        server_url: Base URL of the OTA server.
+        state_dir: Where everything the agent persists lives.
+        config: Limits and policies.
+        provisioning_token: Token for the first enrolment.
+        profile: Hardware profile override (``None`` or ``auto`` to detect).
+        device_id: Device id override (default: derived from the device key).
+        tags: Labels rollouts can select on, sent at enrolment.
+        group: Device group, sent at enrolment.
+        client: HTTP client for the API and downloads (tests inject transports).
+        health_check: Health-check override (the fleet simulator injects failures).
+        apply_delta: Delta applier override.
+        fault: Fault hook passed to the installer.
+        rng: Randomness for jitter.
+        clock_offset_s: Added to the wall clock when checking expiry (tests of a skewed device clock).
+    """
+
+    def __init__(
+        self,
+        *,
+        server_url: str,
+        state_dir: Path,
+        config: AgentConfig | None = None,
+        provisioning_token: str | None = None,
+        profile: str | None = None,
+        device_id: str | None = None,
+        tags: tuple[str, ...] = (),
+        group: str | None = None,
+        client: httpx.Client | None = None,
+        health_check: HealthChecker | None = None,
+        apply_delta: DeltaApplier | None = None,
+        fault: FaultHook | None = None,
+        rng: random.Random | None = None,
+        clock_offset_s: float = 0.0,
+    ) -> None:
+        self.server_url = server_url.rstrip("/")
+        self.state_dir = state_dir
+        self.config = config or AgentConfig()
+        self.provisioning_token = provisioning_token
+        self.tags = tags
+        self.group = group
+        self.rng = rng or random.Random()
+        self.clock_offset_s = clock_offset_s
+        self.client = client or make_client(self.config)
+        self.identity = DeviceIdentity(state_dir)
+        self.identity.load_or_create_key()
+        self.hardware: HardwareProfile = detect_profile(override_name=profile)
+        self.device_id = device_id or self.identity.default_device_id()
+        self.fetcher = Fetcher(config=self.config, client=self.client, rng=self.rng)
+        self.installer = Installer(
+            state_dir=state_dir,
+            config=self.config,
+            fetcher=self.fetcher,
+            health_check=health_check,
+            apply_delta=apply_delta,
+            on_event=self._on_install_event,
+            fault=fault,
+        )
+        self.reports = ReportQueue(
+            state_dir,
+            device_id=self.device_id,
+            signer=self.identity.load_or_create_key(),
+            max_queued=self.config.report_queue_max,
+        )
+        self._token: str | None = None
+        self._token_expires = datetime.min.replace(tzinfo=UTC)
+        self._etag: str | None = None
+        self._errors_in_a_row = 0
+        self._started = False
+
+    # ---- the loop ---------------------------------------------------------------------------------
+
+    def run(self, *, once: bool = False, stop: threading.Event | None = None) -> PollResult:
+        """Poll until stopped (or once).
+
+        Args:
+            once: Poll a single time and return.
+            stop: Set it to end the loop; the wait between polls wakes up on it.
+
+        Returns:
+            The last poll's result.
+        """
+        stop = stop or threading.Event()
+        while True:
+            result = self.poll_once()
+            log.info("poll: %s (%s); next in %.1f s", result.outcome, result.detail or "", result.delay_s)
+            if once or stop.wait(result.delay_s):
+                return result
+
+    def poll_once(self) -> PollResult:
+        """Run one poll cycle; never raises for network, server or verification trouble.
+
+        Returns:
+            What happened and how long to wait.
+        """
+        try:
+            result = self._poll()
+        except (FetchError, httpx.HTTPError) as exc:
+            return self._back_off(f"{type(exc).__name__}: {exc}")
+        except VerificationError as exc:
+            return PollResult("failed", self._interval(None), str(exc), attack=True)
+        except EdgeError as exc:
+            return self._back_off(f"{type(exc).__name__}: {exc}")
+        self._errors_in_a_row = 0
+        return result
+
+    def _back_off(self, reason: str) -> PollResult:
+        self._errors_in_a_row += 1
+        wait = full_jitter_delay(
+            self._errors_in_a_row - 1,
+            base_s=self.config.retry_base_s,
+            cap_s=self.config.retry_cap_s,
+            rng=self.rng,
+        )
+        # Full jitter can draw ~0: the floor keeps a broken server from turning the agent into a busy loop.
+        return PollResult("error", max(self.config.poll_interval_min_s, wait), reason)
+
+    def _interval(self, server_seconds: float | None, extra_jitter: float = 0.0) -> float:
+        base = self.config.clamp_poll_interval(server_seconds)
+        delay = jittered_interval(base, fraction=self.config.poll_jitter_fraction, rng=self.rng)
+        delay += self.rng.uniform(0, max(0.0, extra_jitter))
+        return min(self.config.poll_interval_max_s, max(self.config.poll_interval_min_s, delay))
+
+    def _poll(self) -> PollResult:
+        if not self._started:
+            self.installer.startup()
+            self._started = True
+        resumed = self.installer.resume()
+        enrolment = self._ensure_enrolled()
+        if enrolment.admission != AdmissionState.ACCEPTED.value:
+            return PollResult(enrolment.admission, self._interval(None), "awaiting operator admission")
+        self._flush_reports()
+        if resumed is not None:
+            self._flush_reports()
+        state = self.installer.state()
+        current = state.committed.sha256 if state.committed else None
+        response = self._authorised("GET", self._assignment_url(current), etag=True)
+        interval = _header_float(response.headers.get("x-poll-interval"))
+        if response.status_code == 304:
+            return PollResult("unchanged", self._interval(interval))
+        if response.status_code != 200:
+            raise HttpStatusError(
+                f"assignment answered {response.status_code}: {response.text[:200]}",
+                status_code=response.status_code,
+            )
+        if len(response.content) > self.config.max_metadata_bytes:
+            raise VerificationError(f"assignment is {len(response.content)} bytes, over the limit")
+        try:
+            assignment = verify_assignment(
+                response.content,
+                enrolment.director_public_key,
+                device_id=self.device_id,
+                hardware_profile=self.hardware.name,
+                last_counter=state.highest_assignment_counter or None,
+                now=self._now(),
+            )
+        except OtaError as exc:
+            self._report_failure(None, f"assignment refused: {exc}", attack=True)
+            self._flush_reports()
+            # Do not keep the ETag of a refused answer: the next poll must see a corrected one in full.
+            self._etag = None
+            return PollResult("failed", self._interval(interval), f"assignment refused: {exc}", attack=True)
+        new_etag = response.headers.get("etag")
+        interval = interval or float(assignment.poll_interval)
+        if assignment.counter > state.highest_assignment_counter:
+            self.installer.states.save(replace(state, highest_assignment_counter=assignment.counter))
+        delay = self._interval(interval, assignment.poll_jitter)
+        target = assignment.target
+        if target is None:
+            self._etag = new_etag
+            return PollResult("no-target", delay)
+        if target.sha256 == current:
+            self._etag = new_etag
+            return PollResult("up-to-date", delay)
+        failure_key = f"{assignment.counter}:{target.sha256}"
+        failures = self._failures()
+        if failures.get(failure_key, 0) >= self.config.max_same_failures:
+            self._etag = new_etag
+            return PollResult("skipped", delay, "this assignment failed before; waiting for a new one")
+        try:
+            plan = self._plan(enrolment, assignment, current)
+        except VerificationError as exc:
+            self._remember_failure(failure_key)
+            self._report_failure(assignment, str(exc), attack=True)
+            self._flush_reports()
+            self._etag = new_etag
+            return PollResult("failed", delay, str(exc), attack=True)
+        outcome = self.installer.install(plan)
+        self._flush_reports()
+        if outcome.status is ReportStatus.COMMITTED:
+            self._etag = None  # the device's current hash changed: the next answer differs
+            return PollResult("installed", delay, "delta" if outcome.used_delta else "full")
+        if outcome.attack or outcome.status is ReportStatus.ROLLED_BACK or not _is_transient(outcome.reason):
+            self._remember_failure(failure_key)
+            self._etag = new_etag
+        status = "rolled-back" if outcome.status is ReportStatus.ROLLED_BACK else "failed"
+        if status == "failed" and not outcome.attack and _is_transient(outcome.reason):
+            return self._back_off(outcome.reason or "download failed")
+        return PollResult(status, delay, outcome.reason, attack=outcome.attack)
+
+    # ---- verification -------------------------------------------------------------------------------
+
+    def _plan(self, enrolment: Enrolment, assignment: Assignment, current: str | None) -> UpdatePlan:
+        target = assignment.target
+        assert target is not None
+        for name in (target.name, assignment.delta.name if assignment.delta else None):
+            if name is not None:
+                _check_target_name(name)
+        updater = self._updater(enrolment)
+        info = self._targetinfo(updater, target.name)
+        _agree(info, target.name, target.length, target.sha256)
+        if target.length > self.config.max_download_bytes:
+            raise VerificationError(f"{target.name} is {target.length} bytes, over max_download_bytes")
+        delta_ref: ArtifactRef | None = None
+        base: str | None = None
+        if assignment.delta is not None and assignment.delta.base_sha256 == current:
+            delta_info = self._targetinfo(updater, assignment.delta.name)
+            _agree(delta_info, assignment.delta.name, assignment.delta.length, assignment.delta.sha256)
+            custom = delta_info.custom if isinstance(delta_info.custom, dict) else {}
+            for field_name, expected in (
+                ("base_sha256", assignment.delta.base_sha256),
+                ("result_sha256", assignment.delta.result_sha256),
+            ):
+                signed_value = _find_custom(custom, field_name)
+                if signed_value is not None and signed_value != expected:
+                    raise VerificationError(f"delta {field_name} differs between TUF and the director")
+            delta_ref = ArtifactRef(
+                name=assignment.delta.name,
+                url=self._target_url(enrolment, updater, assignment.delta.name, assignment.delta.sha256),
+                length=assignment.delta.length,
+                sha256=assignment.delta.sha256,
+            )
+            base = assignment.delta.base_sha256
+        selftest = self._selftest(enrolment, updater, info)
+        custom = info.custom if isinstance(info.custom, dict) else {}
+        version = _find_custom(custom, "version")
+        budget = _find_custom(custom, "latency_budget_ms")
+        return UpdatePlan(
+            target=ArtifactRef(
+                name=target.name,
+                url=self._target_url(enrolment, updater, target.name, target.sha256),
+                length=target.length,
+                sha256=target.sha256,
+            ),
+            version=str(version) if version is not None else "",
+            delta=delta_ref,
+            delta_base_sha256=base,
+            selftest=selftest,
+            latency_budget_ms=float(budget) if isinstance(budget, int | float) else None,
+            assignment_counter=assignment.counter,
+            release_id=assignment.release_id,
+            rollout_id=assignment.rollout_id,
+        )
+
+    def _selftest(self, enrolment: Enrolment, updater: Updater, info: TargetFile) -> ArtifactRef | None:
+        custom = info.custom if isinstance(info.custom, dict) else {}
+        name = _find_custom(custom, "selftest")
+        if not isinstance(name, str):
+            return None
+        _check_target_name(name)
+        vectors = self._targetinfo(updater, name)
+        sha = vectors.hashes.get("sha256")
+        if sha is None or vectors.length > self.config.max_selftest_bytes:
+            raise VerificationError(f"self-test target {name} lacks a sha256 or is too large")
+        return ArtifactRef(
+            name=name, url=self._target_url(enrolment, updater, name, sha), length=vectors.length, sha256=sha
+        )
+
+    def _updater(self, enrolment: Enrolment) -> Updater:
+        if not self.identity.has_trusted_root():
+            raise VerificationError("no trusted TUF root stored; enrol again")
+        limit = self.config.max_metadata_bytes
+        config = UpdaterConfig(
+            root_max_length=limit,
+            timestamp_max_length=min(limit, 64 * 1024),
+            snapshot_max_length=limit,
+            targets_max_length=limit * 4,
+        )
+        staging = self.state_dir / "staging"
+        updater = Updater(
+            metadata_dir=str(self.identity.tuf_dir),
+            metadata_base_url=enrolment.metadata_url,
+            target_dir=str(staging),
+            target_base_url=enrolment.targets_url,
+            fetcher=HttpxFetcher(self.client),
+            config=config,
+            bootstrap=None,
+        )
+        try:
+            updater.refresh()
+        except tuf_errors.RepositoryError as exc:
+            raise VerificationError(f"TUF metadata refused: {type(exc).__name__}: {exc}") from exc
+        except tuf_errors.SlowRetrievalError as exc:
+            raise VerificationError(f"TUF metadata download too slow: {exc}") from exc
+        except tuf_errors.DownloadLengthMismatchError as exc:
+            raise VerificationError(f"TUF metadata larger than allowed: {exc}") from exc
+        except tuf_errors.DownloadError as exc:
+            raise FetchError(f"TUF metadata download failed: {exc}") from exc
+        return updater
+
+    def _targetinfo(self, updater: Updater, name: str) -> TargetFile:
+        try:
+            info = updater.get_targetinfo(name)
+        except tuf_errors.RepositoryError as exc:
+            raise VerificationError(f"TUF refused {name}: {exc}") from exc
+        except tuf_errors.DownloadError as exc:
+            raise FetchError(f"TUF metadata download failed: {exc}") from exc
+        if info is None:
+            raise VerificationError(f"the image repository has no target {name!r}")
+        return info
+
+    def _target_url(self, enrolment: Enrolment, updater: Updater, name: str, sha256: str) -> str:
+        # Consistent snapshots: ngclient prefixes the basename with the hash; do the same for Range downloads.
+        try:
+            consistent = (
+                Metadata[Root].from_file(str(self.identity.trusted_root_path)).signed.consistent_snapshot
+            )
+        except (OSError, ValueError, tuf_errors.RepositoryError):
+            consistent = True
+        directory, sep, basename = name.rpartition("/")
+        path = f"{directory}{sep}{sha256}.{basename}" if consistent else name
+        return enrolment.targets_url.rstrip("/") + "/" + quote(path)
+
+    # ---- enrolment, tokens, reports ------------------------------------------------------------------
+
+    def _ensure_enrolled(self) -> Enrolment:
+        enrolment = self.identity.load_enrolment()
+        if enrolment is not None and enrolment.admission == AdmissionState.ACCEPTED.value:
+            return enrolment
+        if self.provisioning_token is None:
+            if enrolment is not None:
+                return enrolment
+            raise EdgeError("this device is not enrolled; pass --provisioning-token")
+        request = EnrolmentRequest(
+            device_id=self.device_id,
+            provisioning_token=self.provisioning_token,
+            public_key=self.identity.public_key_dict(),
+            hardware_profile=self.hardware.name,
+            hardware=self.hardware.to_details(),
+            tags=self.tags,
+            group=self.group,
+        )
+        envelope = sign_document(request.to_dict(), [self.identity.load_or_create_key()])
+        response = self.client.post(f"{self.server_url}/v1/enrol", json=envelope)
+        if response.status_code == 403:
+            return Enrolment(self.device_id, "", "", {}, AdmissionState.REJECTED.value)
+        if response.status_code not in (201, 202):
+            raise HttpStatusError(
+                f"enrolment answered {response.status_code}: {response.text[:200]}",
+                status_code=response.status_code,
+            )
+        try:
+            answer = EnrolmentResponse.from_dict(response.json())
+        except (OtaError, ValueError) as exc:
+            raise VerificationError(f"enrolment answer refused: {exc}") from exc
+        enrolment = Enrolment(
+            device_id=answer.device_id,
+            metadata_url=answer.metadata_url,
+            targets_url=answer.targets_url,
+            director_key=answer.director_key,
+            admission=answer.state.value,
+        )
+        self.identity.store_enrolment(enrolment, answer.tuf_root)
+        return enrolment
+
+    def _ensure_token(self) -> str:
+        if self._token is not None and datetime.now(UTC) < self._token_expires - timedelta(seconds=30):
+            return self._token
+        base = f"{self.server_url}/v1/devices/{self.device_id}"
+        challenge = self.client.post(f"{base}/challenge")
+        if challenge.status_code != 200:
+            raise HttpStatusError(
+                f"challenge answered {challenge.status_code}", status_code=challenge.status_code
+            )
+        nonce = challenge.json().get("nonce")
+        request = TokenRequest(device_id=self.device_id, nonce=str(nonce))
+        envelope = sign_document(request.to_dict(), [self.identity.load_or_create_key()])
+        answer = self.client.post(f"{base}/token", json=envelope)
+        if answer.status_code != 200:
+            raise HttpStatusError(f"token answered {answer.status_code}", status_code=answer.status_code)
+        body = answer.json()
+        self._token = str(body["token"])
+        try:
+            self._token_expires = parse_time(body.get("expires"), "expires")
+        except OtaError:
+            self._token_expires = datetime.now(UTC) + timedelta(seconds=60)
+        return self._token
+
+    def _authorised(
+        self, method: str, url: str, *, etag: bool = False, json_body: Any = None
+    ) -> httpx.Response:
+        for attempt in range(2):
+            headers = {"Authorization": f"Bearer {self._ensure_token()}"}
+            if etag and self._etag:
+                headers["If-None-Match"] = self._etag
+            response = self.client.request(method, url, headers=headers, json=json_body)
+            if response.status_code == 401 and attempt == 0:
+                self._token = None  # expired or the server restarted with new MAC keys: log in again
+                continue
+            return response
+        return response
+
+    def _assignment_url(self, current: str | None) -> str:
+        url = f"{self.server_url}/v1/devices/{self.device_id}/assignment"
+        return f"{url}?current={current}" if current else url
+
+    def _flush_reports(self) -> None:
+        if not self.reports.pending():
+            return
+        url = f"{self.server_url}/v1/devices/{self.device_id}/reports"
+        try:
+            self.reports.flush(lambda envelope: self._authorised("POST", url, json_body=envelope))
+        except (EdgeError, httpx.HTTPError) as exc:
+            log.info("reports stay queued: %s", exc)
+
+    def _on_install_event(self, event: InstallEvent) -> None:
+        state = self.installer.state()
+        if event.status is ReportStatus.ROLLED_BACK:
+            # Also covers a rollback by the boot counter at startup, outside any poll: the same assignment
+            # must not be installed again until the director changes its mind.
+            self._remember_failure(f"{event.plan.assignment_counter}:{event.plan.target.sha256}")
+            state = self.installer.state()
+        self.reports.enqueue(
+            event.status,
+            release_id=event.plan.release_id,
+            rollout_id=event.plan.rollout_id,
+            target_sha256=event.plan.target.sha256,
+            current_sha256=state.committed.sha256 if state.committed else None,
+            bytes_downloaded=event.bytes_downloaded,
+            attack=event.attack,
+            details=event.details,
+        )
+
+    def _report_failure(self, assignment: Assignment | None, reason: str, *, attack: bool) -> None:
+        state = self.installer.state()
+        self.reports.enqueue(
+            ReportStatus.FAILED,
+            release_id=assignment.release_id if assignment else None,
+            rollout_id=assignment.rollout_id if assignment else None,
+            target_sha256=assignment.target.sha256 if assignment and assignment.target else None,
+            current_sha256=state.committed.sha256 if state.committed else None,
+            attack=attack,
+            details={"reason": reason},
+        )
+
+    def _failures(self) -> dict[str, int]:
+        raw = self.installer.state().extra.get(FAILURES_KEY, {})
+        return {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+    def _remember_failure(self, key: str) -> None:
+        state = self.installer.state()
+        failures = self._failures()
+        failures[key] = failures.get(key, 0) + 1
+        # Keep only recent keys: a device that has failed many assignments must not grow its state forever.
+        recent = dict(list(failures.items())[-32:])
+        self.installer.states.save(replace(state, extra={**state.extra, FAILURES_KEY: recent}))
+
+    def _now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.clock_offset_s)
+
+
+def _agree(info: TargetFile, name: str, length: int, sha256: str) -> None:
+    """Refuse unless TUF and the director agree on length and sha256."""
+    if info.length != length or info.hashes.get("sha256") != sha256:
+        raise VerificationError(
+            f"director and image repository disagree on {name}: director {length} B {sha256[:12]}…, "
+            f"TUF {info.length} B {str(info.hashes.get('sha256'))[:12]}…"
+        )
+
+
+def _check_target_name(name: str) -> None:
+    """Refuse names that could escape a directory if anything ever used them as a path."""
+    parts = name.split("/")
+    if (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or any(part in {"", ".", ".."} for part in parts)
+        or any(ord(ch) < 32 for ch in name)
+    ):
+        raise VerificationError(f"refusing target name {name!r} (path traversal)")
+
+
+def _find_custom(custom: dict[str, Any], key: str) -> Any:
+    """Look a custom target field up at the top level or one level down (``{"custom": {...}}``)."""
+    if key in custom:
+        return custom[key]
+    nested = custom.get("custom")
+    if isinstance(nested, dict):
+        return nested.get(key)
+    return None
+
+
+def _header_float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _is_transient(reason: str | None) -> bool:
+    """Whether a failed install may succeed on a later try without a new assignment (network trouble)."""
+    text = reason or ""
+    return any(
+        marker in text for marker in ("gave up after", "server answered 5", "ConnectError", "timed out")
+    )
+
+
+def agent_from_args(
+    *,
+    server: str,
+    state_dir: Path,
+    provisioning_token: str | None,
+    profile: str | None,
+    device_id: str | None = None,
+    config: AgentConfig | None = None,
+) -> Agent:
+    """Build an agent the way the CLI does (kept here so the simulator and tests share it).
+
+    Raises:
+        EdgeError: If the state dir or the device key cannot be prepared.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return Agent(
+        server_url=server,
+        state_dir=state_dir,
+        provisioning_token=provisioning_token,
+        profile=profile,
+        device_id=device_id,
+        config=config,
+    )
+
+
+def describe(agent: Agent) -> dict[str, Any]:
+    """Return a JSON-able summary of the agent's identity and state, for ``agent status``."""
+    state = agent.installer.state()
+    return {
+        "device_id": agent.device_id,
+        "profile": agent.hardware.name,
+        "hardware": agent.hardware.to_details(),
+        "phase": state.phase.value,
+        "committed": None if state.committed is None else state.committed.to_json(),
+        "active_slot": state.active_slot,
+        "last_outcome": state.last_outcome,
+        "queued_reports": len(agent.reports.pending()),
+    }

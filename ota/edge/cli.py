@@ -1,0 +1,181 @@
+"""Command-line entry points of the edge agent: ``edgefleet agent …``, ``edgefleet fleet …`` and
+the ``edgefleet-agent`` console script.
+
+The root CLI (``ota/cli.py``) mounts ``agent_app`` and ``fleet_app`` lazily, so running the agent never
+imports server or training code. ``edgefleet-agent`` is ``edgefleet agent run`` as its own program, for
+images that ship only the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from ota.edge.config import AgentConfig
+from ota.edge.errors import EdgeError
+
+agent_app = typer.Typer(help="Run the edge agent on this device.", no_args_is_help=True, add_completion=False)
+fleet_app = typer.Typer(
+    help="Simulate a fleet of agents against a server.", no_args_is_help=True, add_completion=False
+)
+
+ServerOption = Annotated[str, typer.Option("--server", help="Base URL of the OTA server.")]
+StateDirOption = Annotated[
+    Path, typer.Option("--state-dir", help="Where the agent keeps its key, slots and state.")
+]
+
+
+def run(
+    server: ServerOption,
+    state_dir: StateDirOption,
+    provisioning_token: Annotated[
+        str | None, typer.Option("--provisioning-token", help="Token for the first enrolment.")
+    ] = None,
+    profile: Annotated[str, typer.Option("--profile", help="Hardware profile label, or 'auto'.")] = "auto",
+    device_id: Annotated[
+        str | None, typer.Option("--device-id", help="Device id (default: from the key).")
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="Label rollouts can select on (repeat).")
+    ] = None,
+    group: Annotated[str | None, typer.Option("--group", help="Device group.")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Poll once and exit.")] = False,
+    allow_full_fallback: Annotated[
+        bool,
+        typer.Option("--full-fallback/--no-full-fallback", help="After a failed delta, download in full."),
+    ] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the agent: enrol on first start, then poll, verify, install and report.
+
+    Raises:
+        typer.Exit: With code 1 when the agent cannot start, or when ``--once`` ended in a failure.
+    """
+    from ota.edge.agent import Agent
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        agent = Agent(
+            server_url=server,
+            state_dir=state_dir,
+            config=AgentConfig(allow_full_fallback=allow_full_fallback),
+            provisioning_token=provisioning_token,
+            profile=profile,
+            device_id=device_id,
+            tags=tuple(tag or ()),
+            group=group,
+        )
+    except (EdgeError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    if not once:
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+    result = agent.run(once=once, stop=stop)
+    typer.echo(json.dumps({"outcome": result.outcome, "detail": result.detail, "attack": result.attack}))
+    if once and result.outcome in {"failed", "error", "rejected"}:
+        raise typer.Exit(1)
+
+
+def status(state_dir: StateDirOption) -> None:
+    """Print the device's id, profile, committed model and update phase as JSON.
+
+    Raises:
+        typer.Exit: With code 1 when the state cannot be read.
+    """
+    from ota.edge.agent import Agent, describe
+
+    try:
+        agent = Agent(server_url="http://unused.invalid", state_dir=state_dir)
+        typer.echo(json.dumps(describe(agent), indent=2))
+    except (EdgeError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def profile() -> None:
+    """Print the detected hardware profile as JSON."""
+    from ota.edge.profile import detect_profile
+
+    detected = detect_profile()
+    typer.echo(json.dumps({"name": detected.name, **detected.to_details()}, indent=2))
+
+
+agent_app.command("run")(run)
+agent_app.command("status")(status)
+agent_app.command("profile")(profile)
+
+
+@fleet_app.command("simulate")
+def simulate(
+    server: ServerOption,
+    devices: Annotated[int, typer.Option("--devices", min=1, help="How many agents to run.")] = 10,
+    provisioning_token: Annotated[str, typer.Option("--provisioning-token", help="Auto-accept token.")] = "",
+    fail_rate: Annotated[
+        float, typer.Option("--fail-rate", min=0.0, max=1.0, help="Health-check failures.")
+    ] = 0.0,
+    flaky_network: Annotated[
+        float, typer.Option("--flaky-network", min=0.0, max=1.0, help="Dropped-connection rate.")
+    ] = 0.0,
+    crash_rate: Annotated[
+        float, typer.Option("--crash-rate", min=0.0, max=1.0, help="Crash mid-install.")
+    ] = 0.0,
+    processes: Annotated[int, typer.Option("--processes", min=1, help="Worker processes.")] = 2,
+    duration: Annotated[float, typer.Option("--duration", help="Stop after this many seconds.")] = 300.0,
+    poll_interval: Annotated[float, typer.Option("--poll-interval", help="Seconds between polls.")] = 2.0,
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="State dirs go here.")] = Path(
+        ".edgefleet/fleet"
+    ),
+    profile_name: Annotated[
+        str, typer.Option("--profile", help="Hardware profile of every device.")
+    ] = "auto",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Run N real agents against a server, inject failures, show progress and a summary.
+
+    Raises:
+        typer.Exit: With code 1 when the simulation cannot start.
+    """
+    from ota.edge.fleet import FleetOptions, simulate_fleet
+
+    options = FleetOptions(
+        server=server,
+        devices=devices,
+        provisioning_token=provisioning_token,
+        fail_rate=fail_rate,
+        flaky_network=flaky_network,
+        crash_rate=crash_rate,
+        processes=processes,
+        duration_s=duration,
+        poll_interval_s=poll_interval,
+        work_dir=work_dir,
+        profile=profile_name,
+        seed=seed,
+    )
+    try:
+        simulate_fleet(options)
+    except EdgeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+_agent_only = typer.Typer(add_completion=False)
+_agent_only.command()(run)
+
+
+def agent_main() -> None:
+    """Console-script entry point ``edgefleet-agent`` (the ``agent run`` command as its own program)."""
+    _agent_only()

@@ -1,0 +1,449 @@
+"""Fleet simulator: N real agents against a real server, in a few processes with a thread per agent.
+
+Each simulated device is a full :class:`~ota.edge.agent.Agent` with its own state dir, Ed25519 key and
+report queue, talking HTTP to the server like a real device. Failures can be injected:
+
+* ``fail_rate``: the health check fails for that share of (device, release) pairs (deterministic per pair,
+  so a failing device keeps failing that release and the rollout's abort logic sees it);
+* ``flaky_network``: that share of HTTP requests fails with a dropped connection, before the request or
+  partway through a response body (so resumable downloads are exercised);
+* ``crash_rate``: that share of installs "crashes" at the health check; the device restarts its agent on
+  the same state dir, which counts a boot on trial and carries on (like a reboot).
+
+Workers send one event per poll to the parent, which draws rich progress bars (devices per version) and
+prints a summary at the end: devices per version, bytes downloaded compared with full downloads, deltas,
+failures, rollbacks and attacks. ``edgefleet fleet simulate`` and the demo and load benchmarks use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import queue
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ota.edge.config import AgentConfig
+from ota.edge.errors import EdgeError
+from ota.edge.health import HealthResult, run_health_check
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """How to run a simulated fleet (see ``edgefleet fleet simulate --help``)."""
+
+    server: str
+    devices: int = 10
+    provisioning_token: str = ""
+    fail_rate: float = 0.0
+    flaky_network: float = 0.0
+    crash_rate: float = 0.0
+    processes: int = 2
+    duration_s: float = 300.0
+    poll_interval_s: float = 2.0
+    work_dir: Path = Path(".edgefleet/fleet")
+    profile: str = "auto"
+    seed: int = 0
+    tags: tuple[str, ...] = ()
+    group: str | None = None
+    show_progress: bool = True
+
+
+@dataclass
+class DeviceStatus:
+    """The parent's view of one device."""
+
+    version: str = "-"
+    polls: int = 0
+    installs: int = 0
+    delta_installs: int = 0
+    bytes_downloaded: int = 0
+    full_bytes: int = 0
+    failures: int = 0
+    rollbacks: int = 0
+    attacks: int = 0
+    errors: int = 0
+    crashes: int = 0
+
+
+@dataclass
+class FleetSummary:
+    """What the fleet did, aggregated over devices."""
+
+    devices: dict[str, DeviceStatus] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    def versions(self) -> Counter[str]:
+        """Return how many devices run each version."""
+        return Counter(status.version for status in self.devices.values())
+
+    def totals(self) -> dict[str, int]:
+        """Return fleet-wide counters."""
+        keys = (
+            "polls",
+            "installs",
+            "delta_installs",
+            "bytes_downloaded",
+            "full_bytes",
+            "failures",
+            "rollbacks",
+            "attacks",
+            "errors",
+            "crashes",
+        )
+        return {key: sum(getattr(s, key) for s in self.devices.values()) for key in keys}
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from start to finish (or now)."""
+        return (self.finished or time.monotonic()) - self.started
+
+
+# BaseException, so that no `except Exception` on the way swallows the simulated death.
+class SimulatedCrash(BaseException):
+    """Raised at an installer fault point to simulate the process dying mid-install."""
+
+
+class FlakyTransport(httpx.BaseTransport):
+    """Wraps a transport and drops a share of connections, before a request or partway through a body.
+
+    Args:
+        inner: The real transport.
+        rate: Probability that a request is disturbed.
+        rng: Randomness (one per device, seeded).
+    """
+
+    def __init__(self, inner: httpx.BaseTransport, *, rate: float, rng: random.Random) -> None:
+        self.inner = inner
+        self.rate = rate
+        self.rng = rng
+        self.lock = threading.Lock()
+
+    def _roll(self) -> float:
+        with self.lock:
+            return self.rng.random()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request``, maybe failing it like a dropped connection.
+
+        Raises:
+            httpx.ConnectError: When the simulated connection drops before the request.
+        """
+        if self.rate and self._roll() < self.rate / 2:
+            raise httpx.ConnectError("simulated dropped connection", request=request)
+        response = self.inner.handle_request(request)
+        if (
+            self.rate
+            and self._roll() < self.rate / 2
+            and request.method == "GET"
+            and "/targets/" in str(request.url)
+        ):
+            cut_after = int(self._roll() * 256 * 1024)
+            return httpx.Response(
+                response.status_code,
+                headers=response.headers,
+                stream=_CutStream(response.stream, cut_after),
+                request=request,
+                extensions=response.extensions,
+            )
+        return response
+
+    def close(self) -> None:
+        """Close the inner transport."""
+        self.inner.close()
+
+
+class _CutStream(httpx.SyncByteStream):
+    def __init__(self, inner: Any, cut_after: int) -> None:
+        self.inner = inner
+        self.cut_after = cut_after
+
+    def __iter__(self) -> Iterator[bytes]:
+        sent = 0
+        for chunk in self.inner:
+            if sent + len(chunk) > self.cut_after:
+                yield chunk[: max(0, self.cut_after - sent)]
+                raise httpx.RemoteProtocolError("simulated connection cut mid-body")
+            sent += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
+def _unit(*parts: object) -> float:
+    """A deterministic number in [0, 1) from the parts (same device and release → same draw)."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _device_loop(index: int, options: FleetOptions, events: Any, stop: Any) -> None:
+    from ota.edge.agent import Agent  # imported in the worker, after the fork/spawn
+
+    device_id = f"sim-{options.seed}-{index:05d}"
+    state_dir = options.work_dir / device_id
+    state_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"{options.seed}:{index}")
+    config = AgentConfig(
+        poll_interval_min_s=max(0.05, options.poll_interval_s / 2),
+        poll_interval_default_s=max(0.05, options.poll_interval_s),
+        # The simulator's interval wins over the server's (a real fleet's 60 s would make a demo crawl).
+        poll_interval_max_s=max(0.1, options.poll_interval_s * 2),
+        retry_base_s=0.2,
+        retry_cap_s=max(1.0, options.poll_interval_s * 2),
+        warmup_runs=1,
+        latency_runs=3,
+        ort_intra_op_threads=1,
+    )
+    crash_next: dict[str, bool] = {}
+
+    def health(model: Path, vectors: Path | None, budget: float | None) -> HealthResult:
+        sha = hashlib.sha256(model.read_bytes()).hexdigest()
+        if _unit("fail", options.seed, device_id, sha) < options.fail_rate:
+            return HealthResult(ok=False, stage="selftest", reason="injected health-check failure")
+        return run_health_check(model, vectors, config=config, latency_budget_ms=budget)
+
+    def fault(point: str) -> None:
+        if point == "health-check" and crash_next.pop("armed", False):
+            raise SimulatedCrash
+
+    def build() -> Agent:
+        transport: httpx.BaseTransport = httpx.HTTPTransport()
+        if options.flaky_network:
+            transport = FlakyTransport(transport, rate=options.flaky_network, rng=random.Random(rng.random()))
+        client = httpx.Client(
+            timeout=httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s),
+            follow_redirects=True,
+            transport=transport,
+        )
+        return Agent(
+            server_url=options.server,
+            state_dir=state_dir,
+            config=config,
+            provisioning_token=options.provisioning_token,
+            profile=options.profile,
+            device_id=device_id,
+            tags=options.tags,
+            group=options.group,
+            client=client,
+            health_check=health,
+            fault=fault,
+            rng=random.Random(rng.random()),
+        )
+
+    # Spread the first polls so that a fleet started at once does not hit the server at once.
+    if stop.wait(rng.uniform(0, options.poll_interval_s)):
+        return
+    agent = build()
+    while not stop.is_set():
+        crash_next["armed"] = rng.random() < options.crash_rate
+        crashed = False
+        bytes_before = agent.fetcher.total_bytes_transferred
+        try:
+            result = agent.poll_once()
+        except SimulatedCrash:
+            crashed = True
+            agent.client.close()
+            agent = build()  # the device "reboots": a fresh agent on the same state dir
+            result = None
+        except EdgeError as exc:  # a bug or a broken state dir: report it, do not kill the whole worker
+            events.put({"device": device_id, "outcome": "error", "detail": str(exc)})
+            stop.wait(options.poll_interval_s)
+            continue
+        state = agent.installer.state()
+        events.put(
+            {
+                "device": device_id,
+                "outcome": "crashed" if crashed else result.outcome if result else "error",
+                "detail": None if result is None else result.detail,
+                "attack": bool(result and result.attack),
+                "version": state.committed.version if state.committed else "-",
+                "length": state.committed.length if state.committed else 0,
+                "bytes": agent.fetcher.total_bytes_transferred - bytes_before,
+            }
+        )
+        stop.wait(result.delay_s if result else 0.0)
+    agent.client.close()
+
+
+def _worker(indices: list[int], options: FleetOptions, events: Any, stop: Any) -> None:
+    threads = [
+        threading.Thread(target=_device_loop, args=(i, options, events, stop), daemon=True) for i in indices
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _apply(summary: FleetSummary, event: dict[str, Any]) -> None:
+    status = summary.devices.setdefault(event["device"], DeviceStatus())
+    status.polls += 1
+    outcome = event["outcome"]
+    if "version" in event:
+        status.version = event["version"]
+    status.bytes_downloaded += int(event.get("bytes", 0))
+    if outcome == "installed":
+        status.installs += 1
+        status.full_bytes += int(event.get("length", 0))
+        if event.get("detail") == "delta":
+            status.delta_installs += 1
+    elif outcome == "rolled-back":
+        status.rollbacks += 1
+    elif outcome == "failed":
+        status.failures += 1
+    elif outcome == "error":
+        status.errors += 1
+    elif outcome == "crashed":
+        status.crashes += 1
+    if event.get("attack"):
+        status.attacks += 1
+
+
+def simulate_fleet(
+    options: FleetOptions,
+    *,
+    until: Callable[[FleetSummary], bool] | None = None,
+    on_tick: Callable[[FleetSummary], None] | None = None,
+) -> FleetSummary:
+    """Run the fleet until ``duration_s`` passes or ``until(summary)`` is true; print the summary.
+
+    Args:
+        options: Fleet size, failure rates, timing.
+        until: Optional stop condition, checked a few times a second.
+        on_tick: Called a few times a second (benchmarks drive rollouts from it).
+
+    Returns:
+        The aggregated summary.
+
+    Raises:
+        EdgeError: If the options make no sense.
+    """
+    if options.devices < 1 or options.processes < 1:
+        raise EdgeError("devices and processes must be ≥ 1")
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    context = multiprocessing.get_context("spawn")  # no fork: ORT and httpx pools do not survive forking
+    events = context.Queue()
+    stop = context.Event()
+    processes = min(options.processes, options.devices)
+    shards = [list(range(p, options.devices, processes)) for p in range(processes)]
+    workers = [
+        context.Process(target=_worker, args=(shard, options, events, stop), daemon=True) for shard in shards
+    ]
+    for worker in workers:
+        worker.start()
+    summary = FleetSummary()
+    deadline = time.monotonic() + options.duration_s
+    progress_cm = _FleetProgress(options, summary) if options.show_progress else None
+    try:
+        with progress_cm if progress_cm is not None else _NullContext():
+            while time.monotonic() < deadline:
+                try:
+                    while True:
+                        _apply(summary, events.get(timeout=0.2))
+                except queue.Empty:
+                    pass
+                if progress_cm is not None:
+                    progress_cm.refresh()
+                if on_tick is not None:
+                    on_tick(summary)
+                if until is not None and until(summary):
+                    break
+    finally:
+        stop.set()
+        summary.finished = time.monotonic()
+        for worker in workers:
+            worker.join(timeout=30)
+            if worker.is_alive():
+                worker.terminate()
+    if options.show_progress:
+        print_summary(summary)
+    return summary
+
+
+class _NullContext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+
+class _FleetProgress:
+    """Rich progress bars: one per version (devices running it) plus poll and failure counters."""
+
+    def __init__(self, options: FleetOptions, summary: FleetSummary) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.options = options
+        self.summary = summary
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+        )
+        self.tasks: dict[str, Any] = {}
+        self.status = self.progress.add_task("polls 0 · failures 0 · rollbacks 0", total=None)
+
+    def __enter__(self) -> _FleetProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.refresh()
+        self.progress.__exit__(None, None, None)
+
+    def refresh(self) -> None:
+        for version, count in sorted(self.summary.versions().items()):
+            if version not in self.tasks:
+                self.tasks[version] = self.progress.add_task(f"version {version}", total=self.options.devices)
+            self.progress.update(self.tasks[version], completed=count)
+        totals = self.summary.totals()
+        self.progress.update(
+            self.status,
+            description=(
+                f"polls {totals['polls']} · installs {totals['installs']} "
+                f"(delta {totals['delta_installs']}) · "
+                f"failures {totals['failures']} · rollbacks {totals['rollbacks']} · errors {totals['errors']}"
+            ),
+        )
+
+
+def print_summary(summary: FleetSummary) -> None:
+    """Print the end-of-run table: devices per version, bytes against full downloads, failures."""
+    from rich.console import Console
+    from rich.table import Table
+
+    totals = summary.totals()
+    console = Console()
+    versions = Table(title=f"Fleet after {summary.duration_s:.1f} s")
+    versions.add_column("version")
+    versions.add_column("devices", justify="right")
+    for version, count in sorted(summary.versions().items()):
+        versions.add_row(version, str(count))
+    console.print(versions)
+    saved = 1 - totals["bytes_downloaded"] / totals["full_bytes"] if totals["full_bytes"] else 0.0
+    stats = Table(show_header=False)
+    for label, value in (
+        ("installs (delta)", f"{totals['installs']} ({totals['delta_installs']})"),
+        ("bytes downloaded", f"{totals['bytes_downloaded']:,}"),
+        ("bytes if every install were full", f"{totals['full_bytes']:,}"),
+        ("bandwidth saved", f"{saved:.1%}"),
+        (
+            "failures / rollbacks / attacks",
+            f"{totals['failures']} / {totals['rollbacks']} / {totals['attacks']}",
+        ),
+        ("network errors / simulated crashes", f"{totals['errors']} / {totals['crashes']}"),
+        ("polls", str(totals["polls"])),
+    ):
+        stats.add_row(label, value)
+    console.print(stats)

@@ -1,0 +1,375 @@
+"""Attack suite: a compromised server or a man in the middle serves bad data; the agent must refuse it,
+keep its current model, and report an attack.
+
+Each row starts from a device running release 1 (installed honestly from the real OTA server), then
+offers release 2 through a :class:`Mitm` httpx transport that rewrites what the server sends. Forged
+metadata and assignments are signed with the server's own keys where the attack needs valid signatures
+(a compromised online key), so only the checks under test can catch them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tuf.api.metadata import Metadata
+
+from ota.core.manifest import Assignment, sign_assignment
+from ota.edge.agent import Agent, PollResult
+from ota.edge.config import AgentConfig
+
+from .conftest import LiveServer
+from .test_agent_server import PROFILE, linear_onnx
+
+Rule = Callable[[httpx.Request, httpx.Response], httpx.Response | None]
+
+
+@dataclass
+class Mitm(httpx.BaseTransport):
+    """Forwards to the real server; the first rule that returns a response replaces the real one."""
+
+    inner: httpx.BaseTransport = field(default_factory=httpx.HTTPTransport)
+    rules: list[Rule] = field(default_factory=list)
+    rewrite_path: dict[str, str] = field(default_factory=dict)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path in self.rewrite_path:
+            request = httpx.Request(
+                request.method, request.url.copy_with(path=self.rewrite_path[path]), headers=request.headers
+            )
+        if request.method == "POST" and path.endswith("/reports"):
+            self.reports.append(json.loads(request.content)["signed"])
+        response = self.inner.handle_request(request)
+        for rule in self.rules:
+            response.read()
+            replaced = rule(request, response)
+            if replaced is not None:
+                return replaced
+        return response
+
+
+def body(response: httpx.Response, content: bytes | Any, *, status: int = 200) -> httpx.Response:
+    """A response with new content (streamable, without the old length)."""
+    data = content if isinstance(content, bytes) else json.dumps(content).encode()
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in {"content-length", "etag"}}
+    headers["content-length"] = str(len(data))
+    return httpx.Response(status, headers=headers, stream=httpx.ByteStream(data))
+
+
+@dataclass
+class Scene:
+    server: LiveServer
+    agent: Agent
+    mitm: Mitm
+    v1: bytes
+    v2: bytes
+    release2: dict[str, Any]
+    v1_assignment: bytes
+
+    def sign_tuf(self, raw: bytes, role: str, **changes: Any) -> bytes:
+        metadata = Metadata.from_bytes(raw)
+        for name, value in changes.items():
+            setattr(metadata.signed, name, value)
+        metadata.signatures.clear()
+        for signer in self.server.ctx.keyring.signers(role):
+            metadata.sign(signer, append=True)
+        return metadata.to_bytes()
+
+    def forge_assignment(self, raw: bytes, **changes: Any) -> dict[str, Any]:
+        signed = json.loads(raw)["signed"]
+        signed.update(changes)
+        return sign_assignment(Assignment.from_dict(signed), self.server.ctx.keyring.signer("director"))
+
+
+def _is(path_part: str) -> Callable[[httpx.Request], bool]:
+    return lambda request: path_part in request.url.path
+
+
+@pytest.fixture
+def scene(ota_server: LiveServer, tmp_path: Path) -> Scene:
+    mitm = Mitm()
+    client = httpx.Client(transport=mitm, follow_redirects=True, timeout=httpx.Timeout(5.0, connect=5.0))
+    config = AgentConfig(
+        poll_interval_min_s=0.1,
+        poll_interval_default_s=1,
+        retry_base_s=0.01,
+        retry_cap_s=0.05,
+        max_download_retries=2,
+        warmup_runs=1,
+        latency_runs=3,
+        ort_intra_op_threads=1,
+        min_download_rate_bps=200_000,
+        slow_retrieval_grace_s=0.3,
+        read_timeout_s=2.0,
+    )
+    agent = Agent(
+        server_url=ota_server.url,
+        state_dir=tmp_path / "agent",
+        config=config,
+        provisioning_token=ota_server.provisioning_token,
+        profile=PROFILE,
+        client=client,
+        rng=random.Random(0),
+    )
+    v1, v2 = linear_onnx(11, size=256), linear_onnx(12, size=256)
+    release1 = ota_server.publish(v1, model="m", version="1", profile=PROFILE)["release"]
+    ota_server.rollout(release1["id"])
+    assert _poll_until(agent, {"installed"}).outcome == "installed"
+    with ota_server.http() as http:
+        token = agent._ensure_token()
+        v1_assignment = http.get(
+            f"/v1/devices/{agent.device_id}/assignment", headers={"Authorization": f"Bearer {token}"}
+        ).content
+    _poll_until(agent, {"up-to-date", "unchanged"})
+    release2 = ota_server.publish(v2, model="m", version="2", profile=PROFILE)["release"]
+    _wait_rollouts_done(ota_server)
+    ota_server.rollout(release2["id"])
+    agent._etag = None
+    return Scene(ota_server, agent, mitm, v1, v2, release2, v1_assignment)
+
+
+def _poll_until(agent: Agent, wanted: set[str], attempts: int = 15) -> PollResult:
+    result = agent.poll_once()
+    for _ in range(attempts):
+        if result.outcome in wanted:
+            return result
+        result = agent.poll_once()
+    raise AssertionError(f"never reached {wanted}: {result}")
+
+
+def _wait_rollouts_done(server: LiveServer) -> None:
+    deadline = time.monotonic() + 10
+    while any(r["state"] not in {"completed", "aborted"} for r in server.get("/v1/rollouts")):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def assert_refused(scene: Scene, result: PollResult, *, expect: str | None = None) -> None:
+    state = scene.agent.installer.state()
+    assert result.attack, result
+    if expect is not None:
+        assert expect.lower() in (result.detail or "").lower(), result.detail
+    assert state.committed is not None and state.committed.version == "1"
+    assert (scene.agent.state_dir / "current" / "model.onnx").read_bytes() == scene.v1
+    attack_reports = [r for r in scene.mitm.reports if r["attack"]]
+    assert attack_reports, "no attack report reached the server"
+
+
+def _target_rule(change: Callable[[bytes], bytes]) -> Rule:
+    def rule(request: httpx.Request, response: httpx.Response) -> httpx.Response | None:
+        if "/tuf/targets/" in request.url.path and response.status_code in (200, 206):
+            return body(response, change(response.content))
+        return None
+
+    return rule
+
+
+def _metadata_rule(name: str, change: Callable[[Scene, bytes], bytes], scene: Scene) -> Rule:
+    def rule(request: httpx.Request, response: httpx.Response) -> httpx.Response | None:
+        if request.url.path.endswith(name) and response.status_code == 200:
+            return body(response, change(scene, response.content))
+        return None
+
+    return rule
+
+
+def _assignment_rule(scene: Scene, forge: Callable[[Scene, bytes], Any]) -> Rule:
+    def rule(request: httpx.Request, response: httpx.Response) -> httpx.Response | None:
+        if request.url.path.endswith("/assignment"):
+            real = response.content if response.status_code == 200 else scene.v1_assignment
+            forged = forge(scene, real)
+            return body(response, forged if isinstance(forged, bytes) else json.dumps(forged).encode())
+        return None
+
+    return rule
+
+
+PAST = datetime.now(UTC) - timedelta(days=1)
+
+
+def _expired(role: str) -> Callable[[Scene, bytes], bytes]:
+    return lambda scene, raw: scene.sign_tuf(raw, role, expires=PAST)
+
+
+def _next_version_root(scene: Scene, raw: bytes) -> bytes:
+    return scene.sign_tuf(raw, "root", expires=PAST)
+
+
+# (row id, how to attack, what the refusal should mention)
+def _rows() -> list[tuple[str, Callable[[Scene], None], str | None]]:
+    def target_hash(s: Scene) -> None:
+        s.mitm.rules.append(_target_rule(lambda data: bytes(len(data))))
+
+    def endless_announced(s: Scene) -> None:
+        s.mitm.rules.append(_target_rule(lambda data: data + bytes(1_000_000)))
+
+    def endless_streamed(s: Scene) -> None:
+        def rule(request: httpx.Request, response: httpx.Response) -> httpx.Response | None:
+            if "/tuf/targets/" not in request.url.path:
+                return None
+            data = response.content
+
+            class Endless(httpx.SyncByteStream):
+                def __iter__(self):
+                    yield data
+                    for _ in range(10_000):  # 640 MB if nobody stops reading
+                        yield bytes(65536)
+
+            headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+            return httpx.Response(response.status_code, headers=headers, stream=Endless())
+
+        s.mitm.rules.append(rule)
+
+    def slow(s: Scene) -> None:
+        def rule(request: httpx.Request, response: httpx.Response) -> httpx.Response | None:
+            if "/tuf/targets/" not in request.url.path:
+                return None
+            data = response.content
+
+            class Trickle(httpx.SyncByteStream):
+                def __iter__(self):
+                    for offset in range(0, len(data), 64):
+                        time.sleep(0.05)
+                        yield data[offset : offset + 64]
+
+            headers = dict(response.headers.items())
+            return httpx.Response(response.status_code, headers=headers, stream=Trickle())
+
+        s.mitm.rules.append(rule)
+
+    def oversized_metadata(s: Scene) -> None:
+        s.mitm.rules.append(
+            _metadata_rule("timestamp.json", lambda _s, raw: raw[:-1] + b" " * 200_000 + raw[-1:], s)
+        )
+
+    def expired(role: str, filename: str) -> Callable[[Scene], None]:
+        return lambda s: s.mitm.rules.append(_metadata_rule(filename, _expired(role), s))
+
+    def expired_root(s: Scene) -> None:
+        current = Metadata.from_bytes(_read(s, "root"))
+        version = current.signed.version
+        forged = s.sign_tuf(current.to_bytes(), "root", expires=PAST, version=version + 1)
+
+        def rule(request: httpx.Request, response: httpx.Response) -> httpx.Response | None:
+            if request.url.path.endswith(f"/{version + 1}.root.json"):
+                return body(response, forged)
+            return None
+
+        s.mitm.rules.append(rule)
+
+    def unsigned(s: Scene) -> None:
+        def strip(_s: Scene, raw: bytes) -> bytes:
+            document = json.loads(raw)
+            document["signatures"] = []
+            return json.dumps(document).encode()
+
+        s.mitm.rules.append(_metadata_rule("timestamp.json", strip, s))
+
+    def rollback_timestamp(s: Scene) -> None:
+        old = _read(s, "timestamp")
+        # Trust the newest timestamp first, then serve one with a lower version, validly signed.
+        enrolment = s.agent.identity.load_enrolment()
+        assert enrolment is not None
+        s.agent._updater(enrolment)  # honest refresh
+        lower = Metadata.from_bytes(old)
+        forged = s.sign_tuf(old, "timestamp", version=max(1, lower.signed.version - 1))
+        s.mitm.rules.append(_metadata_rule("timestamp.json", lambda _s, _raw: forged, s))
+
+    def mix_and_match(s: Scene) -> None:
+        latest = Metadata.from_bytes(_read(s, "targets")).signed.version
+        s.mitm.rewrite_path[f"/tuf/metadata/{latest}.targets.json"] = (
+            f"/tuf/metadata/{latest - 1}.targets.json"
+        )
+
+    def disagree(s: Scene) -> None:
+        def forge(scene: Scene, raw: bytes) -> Any:
+            signed = json.loads(raw)["signed"]
+            target = dict(signed["target"], length=signed["target"]["length"] + 1)
+            return scene.forge_assignment(raw, target=target, delta=None, counter=signed["counter"] + 1)
+
+        s.mitm.rules.append(_assignment_rule(s, forge))
+
+    def other_device(s: Scene) -> None:
+        s.mitm.rules.append(
+            _assignment_rule(s, lambda sc, raw: sc.forge_assignment(raw, device_id="dev-someone-else"))
+        )
+
+    def other_profile(s: Scene) -> None:
+        s.mitm.rules.append(
+            _assignment_rule(s, lambda sc, raw: sc.forge_assignment(raw, hardware_profile="gpu-x"))
+        )
+
+    def replay(s: Scene) -> None:
+        # Accept the real release-2 assignment (higher counter) first, then replay release 1's.
+        s.mitm.rules.append(_target_rule(lambda data: bytes(len(data))))  # keep the device on release 1
+        s.agent.poll_once()
+        s.mitm.rules.clear()
+        s.agent._etag = None
+        s.mitm.rules.append(_assignment_rule(s, lambda sc, _raw: sc.v1_assignment))
+        s.mitm.reports.clear()
+
+    def traversal(s: Scene) -> None:
+        def forge(scene: Scene, raw: bytes) -> Any:
+            signed = json.loads(raw)["signed"]
+            target = dict(signed["target"], name="../../../etc/passwd")
+            return scene.forge_assignment(raw, target=target, delta=None, counter=signed["counter"] + 1)
+
+        s.mitm.rules.append(_assignment_rule(s, forge))
+
+    def bad_signature(s: Scene) -> None:
+        def forge(_scene: Scene, raw: bytes) -> Any:
+            document = json.loads(raw)
+            document["signed"]["counter"] += 1000
+            return document
+
+        s.mitm.rules.append(_assignment_rule(s, forge))
+
+    return [
+        ("target-hash-mismatch", target_hash, "sha256"),
+        ("endless-data-announced", endless_announced, "announces"),
+        ("endless-data-streamed", endless_streamed, "more than the declared length"),
+        ("slow-retrieval", slow, "B/s"),
+        ("oversized-metadata", oversized_metadata, "TUF"),
+        ("expired-timestamp", expired("timestamp", "timestamp.json"), "Expired"),
+        ("expired-snapshot", expired("snapshot", ".snapshot.json"), "Expired"),
+        ("expired-targets", expired("targets", ".targets.json"), "Expired"),
+        ("expired-root", expired_root, "Expired"),
+        ("below-threshold-signatures", unsigned, "TUF"),
+        ("rollback-timestamp", rollback_timestamp, "TUF"),
+        ("mix-and-match", mix_and_match, "TUF"),
+        ("director-tuf-disagree", disagree, "disagree"),
+        ("other-device-id", other_device, "device"),
+        ("other-hardware-profile", other_profile, "profile"),
+        ("replayed-assignment", replay, "counter"),
+        ("path-traversal-name", traversal, "traversal"),
+        ("director-signature", bad_signature, "signature"),
+    ]
+
+
+def _read(scene: Scene, role: str) -> bytes:
+    """The newest metadata of ``role`` as the server stores it."""
+    with scene.server.ctx.sessions() as session:
+        data = scene.server.ctx.repository.read(session, role)
+    assert data is not None
+    return bytes(data)
+
+
+ROWS = _rows()
+
+
+@pytest.mark.parametrize(("row", "attack", "expect"), ROWS, ids=[r[0] for r in ROWS])
+def test_attack_is_refused_and_reported(scene: Scene, row: str, attack, expect: str | None):
+    attack(scene)
+    result = scene.agent.poll_once()
+    print(f"{row}: {result.outcome} attack={result.attack} — {result.detail}")
+    assert_refused(scene, result, expect=expect)
