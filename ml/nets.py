@@ -97,7 +97,9 @@ def build_net(spec: NetSpec, *, in_channels: int, num_classes: int) -> ConvNet:
 
 def spec_from_widths(widths: Sequence[int], like: NetSpec) -> NetSpec:
     """A spec with new widths and the pooling and feature layout of ``like`` (used after pruning)."""
-    return NetSpec(widths=tuple(widths), pools=like.pools, feature_block=like.feature_block, kernel=like.kernel)
+    return NetSpec(
+        widths=tuple(widths), pools=like.pools, feature_block=like.feature_block, kernel=like.kernel
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

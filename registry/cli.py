@@ -1,0 +1,266 @@
+"""``edgefleet models``: list, show, compare, promote and roll back model versions in the MLflow registry.
+
+Mounted lazily by the root CLI (``ota/cli.py`` → ``registry.cli:models_app``). Thin on purpose: each command
+reads through ``registry.store``, decides through ``registry.promotion`` and renders with ``registry.views``.
+Every registry error ends as a one-line message on stderr and exit code 1, never a traceback.
+
+The store is ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded demo store
+``sqlite:///$EDGEFLEET_HOME/mlflow.db`` (``EDGEFLEET_HOME`` defaults to ``./.edgefleet``), the same
+convention as ``pipelines/paths.py``, which this package may not import (registry must not load zenml).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+from rich.markup import escape
+
+from registry.errors import PromotionRefusedError, RegistryError
+from registry.promotion import (
+    DEFAULT_MARGIN_ACCURACY,
+    DEFAULT_MARGIN_P99,
+    DEFAULT_MARGIN_P99_FLOOR_MS,
+    PRODUCTION_ALIAS,
+    Margins,
+    gate_results,
+    promote,
+    review_promotion,
+    rollback,
+)
+from registry.store import (
+    client_for,
+    edgefleet_model_names,
+    model_aliases,
+    model_versions,
+    resolve_version,
+    tracking_uri_from_env,
+    version_artifacts,
+)
+from registry.views import compare_table, gates_table, review_table, version_detail, versions_table
+
+models_app = typer.Typer(
+    name="models",
+    help="List, compare, promote and roll back model versions (MLflow aliases and tags, never stages).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///$EDGEFLEET_HOME/mlflow.db.",
+        show_default=False,
+    ),
+]
+Name = Annotated[str, typer.Argument(help="Registered model name, e.g. edgefleet-digits-cpu-int8-small.")]
+Actor = Annotated[str | None, typer.Option("--actor", help="Who is acting (default: the OS user).")]
+
+
+def default_tracking_uri() -> str:
+    """The embedded MLflow store, as ``pipelines.paths.default_tracking_uri`` defines it (not imported)."""
+    home = Path(os.environ.get("EDGEFLEET_HOME", ".edgefleet")).resolve()
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(explicit: str | None) -> str:
+    """``--tracking-uri`` if given, else ``$MLFLOW_TRACKING_URI``, else the embedded store."""
+    return explicit or tracking_uri_from_env() or default_tracking_uri()
+
+
+def open_registry(explicit: str | None) -> MlflowClient:
+    """An MLflow client on the resolved store.
+
+    Raises:
+        RegistryError: A SQLite store whose file does not exist. MLflow would silently create an empty
+            database there, and every command would then report that nothing is registered.
+    """
+    uri = resolve_tracking_uri(explicit)
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise RegistryError(
+                f"no MLflow store at {path}: run the training pipeline first, "
+                "or pass --tracking-uri / set MLFLOW_TRACKING_URI"
+            )
+    return client_for(uri)
+
+
+def _stdout() -> Console:
+    # Built per command so CliRunner (and any caller swapping sys.stdout) captures the output.
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Rich assumes 80 columns when stdout is not a terminal (`make run | tee`, CI logs); the metric
+        # tables need more, and a log file has no width to respect.
+        console.width = 120
+    return console
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Map registry and MLflow errors to one red line on stderr and exit code 1."""
+    try:
+        yield
+    except RegistryError as exc:
+        _stderr().print(f"[bold red]error:[/] {escape(str(exc).splitlines()[0] if str(exc) else repr(exc))}")
+        raise typer.Exit(1) from None
+    except MlflowException as exc:
+        _stderr().print(f"[bold red]error:[/] MLflow: {escape(exc.message)}")
+        raise typer.Exit(1) from None
+
+
+@models_app.command("list")
+def list_versions(
+    name: Annotated[
+        str | None, typer.Argument(help="Registered model name; omit for every EdgeFleet model.")
+    ] = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Versions with aliases, accuracy, drop vs teacher, size, P50/P99, profile and age."""
+    out = _stdout()
+    with _reported():
+        client = open_registry(tracking_uri)
+        names = [name] if name else edgefleet_model_names(client)
+        if not names:
+            out.print(f"No EdgeFleet model is registered in {resolve_tracking_uri(tracking_uri)}.")
+            return
+        for model in names:
+            out.print(versions_table(model, model_versions(client, model), model_aliases(client, model)))
+
+
+@models_app.command("show")
+def show_version(
+    name: Name,
+    version: Annotated[
+        str, typer.Argument(help="Version number or alias (candidate, production, previous).")
+    ],
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Everything about one version: identity, lineage, metrics, gates, promotion audit and artifacts."""
+    out = _stdout()
+    with _reported():
+        client = open_registry(tracking_uri)
+        found = resolve_version(client, name, version)
+        try:
+            artifacts = version_artifacts(client, found)
+        except RegistryError as exc:
+            # The registry entry is still worth showing when only the artifact store is unreachable.
+            _stderr().print(f"[yellow]warning:[/] {escape(str(exc))}")
+            artifacts = []
+        out.print(version_detail(found, model_aliases(client, name), gate_results(found), artifacts))
+
+
+@models_app.command("compare")
+def compare_versions(
+    name: Name,
+    a: Annotated[str, typer.Argument(help="First version (number or alias), shown as A.")],
+    b: Annotated[str, typer.Argument(help="Second version (number or alias), shown as B.")],
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Metrics side by side with the difference B - A, and which of its own gates each version passes."""
+    out = _stdout()
+    with _reported():
+        client = open_registry(tracking_uri)
+        first, second = resolve_version(client, name, a), resolve_version(client, name, b)
+        out.print(compare_table(name, first, second))
+        out.print(
+            gates_table(
+                "gates (each version against its own profile limits)",
+                {
+                    f"A = v{first.version}": gate_results(first),
+                    f"B = v{second.version}": gate_results(second),
+                },
+            )
+        )
+
+
+@models_app.command("promote")
+def promote_version(
+    name: Name,
+    version: Annotated[str, typer.Argument(help="Version number or alias to promote, e.g. candidate.")],
+    to: Annotated[str, typer.Option("--to", help="Alias to move onto the version.")] = PRODUCTION_ALIAS,
+    margin_accuracy: Annotated[
+        float,
+        typer.Option(help="Largest accuracy drop vs the current production version, as a fraction."),
+    ] = DEFAULT_MARGIN_ACCURACY,
+    margin_p99: Annotated[
+        float,
+        typer.Option(help="Largest relative P99 increase vs the current production version (0.2 = +20 %)."),
+    ] = DEFAULT_MARGIN_P99,
+    margin_p99_floor_ms: Annotated[
+        float,
+        typer.Option(help="P99 increase in ms always allowed, however small production's P99 (timer noise)."),
+    ] = DEFAULT_MARGIN_P99_FLOOR_MS,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote despite failed checks (needs --reason).")
+    ] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why; recorded on the version.")] = None,
+    actor: Actor = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Re-check gates and margins, then move the alias; the replaced version stays as `previous`."""
+    out = _stdout()
+    with _reported():
+        client = open_registry(tracking_uri)
+        margins = Margins(accuracy=margin_accuracy, p99=margin_p99, p99_floor_ms=margin_p99_floor_ms)
+        try:
+            result = promote(
+                client, name, version, to=to, margins=margins, force=force, reason=reason, actor=actor
+            )
+        except PromotionRefusedError:
+            # With --force the refusal is about the request (no reason, reserved alias), not the checks:
+            # a table of failed checks would point the user at the wrong problem.
+            if not force:
+                review = review_promotion(client, name, version, to=to, margins=margins)
+                if not review.passed:
+                    out.print(review_table(review))
+            raise
+        out.print(review_table(result.review))
+        if not result.changed:
+            out.print(f"{name} version {result.version} already holds {to}; nothing changed.")
+            return
+        if result.forced and result.review.failures:
+            _stderr().print(
+                f"[bold yellow]forced:[/] promoted despite {', '.join(result.review.failures)} "
+                f"(reason: {escape(result.reason)})"
+            )
+        replaced = f"; version {result.replaced_version} kept as previous" if result.replaced_version else ""
+        out.print(
+            f"[green]promoted[/] {name} version {result.version} → {to}{replaced} "
+            f"(by {escape(result.actor)} at {result.at})"
+        )
+
+
+@models_app.command("rollback")
+def rollback_version(
+    name: Name,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why; recorded on both versions.")] = None,
+    actor: Actor = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Move `production` back to `previous` (and `previous` one further back, or remove it)."""
+    out = _stdout()
+    with _reported():
+        client = open_registry(tracking_uri)
+        result = rollback(client, name, reason=reason, actor=actor)
+        previous = (
+            f"previous is now version {result.previous_version}"
+            if result.previous_version
+            else "no earlier version, previous removed"
+        )
+        out.print(
+            f"[green]rolled back[/] {name} {result.alias}: version {result.demoted_version} → "
+            f"{result.restored_version}; {previous} (by {escape(result.actor)} at {result.at})"
+        )
