@@ -201,25 +201,9 @@ def register_variant(
     )
 
 
-def get_version(name: str, version_or_alias: str, *, tracking_uri: str | None = None) -> ModelVersion:
-    """Look up a version by number or alias.
-
-    Raises:
-        ModelNotFoundError: No such model, version or alias.
-    """
-    client = client_for(tracking_uri)
-    try:
-        if version_or_alias.isdigit():
-            return client.get_model_version(name, version_or_alias)
-        return client.get_model_version_by_alias(name, version_or_alias)
-    except MlflowException as exc:
-        raise ModelNotFoundError(f"{name} has no version or alias {version_or_alias!r}") from exc
-
-
 def version_metrics(version: ModelVersion) -> dict[str, float]:
     """The metrics recorded on a version (from its ``edgefleet.metric.*`` tags)."""
-    prefix = "edgefleet.metric."
-    return {k[len(prefix) :]: float(v) for k, v in version.tags.items() if k.startswith(prefix)}
+    return {k[len(METRIC_PREFIX) :]: float(v) for k, v in version.tags.items() if k.startswith(METRIC_PREFIX)}
 
 
 def tracking_uri_from_env() -> str | None:
