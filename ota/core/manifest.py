@@ -23,6 +23,10 @@ Protocol (all JSON; device requests after enrolment carry ``Authorization: Beare
 Times are RFC 3339 UTC strings with a ``Z`` suffix and whole seconds (TUF's format).
 Assignment ``counter`` never decreases for a device: an assignment with a lower counter than one already
 accepted is a rollback attack. An equal counter means the same decision re-signed (for example after expiry).
+Assignment ``release_seq`` orders the releases of a model (it only grows with each new release). The agent
+records the sequence of what it installs; an assignment whose ``release_seq`` is below the installed one is
+refused as a rollback attack unless the director set ``rollback: true``, which it does only when an operator
+or an automatic abort sends devices back to a previous release.
 Status report ``counter`` must strictly increase per device.
 """
 
@@ -548,6 +552,9 @@ class Assignment:
         delta: A patch from the device's reported current model to ``target``, if one exists.
         release_id: The release ``target`` belongs to.
         rollout_id: The rollout that assigned it (None for a fleet default).
+        release_seq: Position of the release among the model's releases (larger is newer), or None.
+        rollback: True when an operator or an automatic abort sends the device back to an older release;
+            without it an agent refuses any release older than the one it runs.
     """
 
     device_id: str
@@ -560,10 +567,12 @@ class Assignment:
     delta: DeltaRef | None = None
     release_id: str | None = None
     rollout_id: str | None = None
+    release_seq: int | None = None
+    rollback: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-able body (the part that is signed)."""
-        return {
+        body: dict[str, Any] = {
             "_type": ASSIGNMENT_TYPE,
             "spec_version": SPEC_VERSION,
             "device_id": self.device_id,
@@ -577,6 +586,12 @@ class Assignment:
             "release_id": self.release_id,
             "rollout_id": self.rollout_id,
         }
+        # Only present when used, so assignments without them keep their earlier bytes (and ETags).
+        if self.release_seq is not None:
+            body["release_seq"] = self.release_seq
+        if self.rollback:
+            body["rollback"] = True
+        return body
 
     @classmethod
     def from_dict(cls, raw: Any) -> Self:
@@ -592,7 +607,16 @@ class Assignment:
             DocumentFormatError: A field is missing, unknown or invalid.
         """
         required = {"_type", "spec_version", "device_id", "hardware_profile", "counter", "expires"}
-        optional = {"poll_interval", "poll_jitter", "target", "delta", "release_id", "rollout_id"}
+        optional = {
+            "poll_interval",
+            "poll_jitter",
+            "target",
+            "delta",
+            "release_id",
+            "rollout_id",
+            "release_seq",
+            "rollback",
+        }
         raw = _obj(raw, "assignment", required | optional, required | {"target"})
         _check_type(raw, ASSIGNMENT_TYPE)
         parse_time(raw["expires"], "expires")
@@ -600,6 +624,9 @@ class Assignment:
         delta = DeltaRef.from_dict(raw["delta"]) if raw.get("delta") is not None else None
         if delta is not None and (target is None or delta.result_sha256 != target.sha256):
             raise DocumentFormatError("delta.result_sha256 must equal target.sha256")
+        rollback = raw.get("rollback", False)
+        if not isinstance(rollback, bool):
+            raise DocumentFormatError("assignment field 'rollback' must be true or false")
         return cls(
             device_id=_str(raw, "device_id", pattern=DEVICE_ID_PATTERN),
             hardware_profile=_str(raw, "hardware_profile", pattern=LABEL_PATTERN),
@@ -611,6 +638,8 @@ class Assignment:
             delta=delta,
             release_id=_opt_str(raw, "release_id"),
             rollout_id=_opt_str(raw, "rollout_id"),
+            release_seq=_int(raw, "release_seq") if raw.get("release_seq") is not None else None,
+            rollback=rollback,
         )
 
 
@@ -637,6 +666,7 @@ def verify_assignment(
     device_id: str,
     hardware_profile: str | None = None,
     last_counter: int | None = None,
+    installed_release_seq: int | None = None,
     now: datetime | None = None,
 ) -> Assignment:
     """Check an assignment envelope the way the agent must, and return the assignment.
@@ -647,6 +677,7 @@ def verify_assignment(
         device_id: This device's id.
         hardware_profile: This device's profile, if it should be checked.
         last_counter: The highest counter accepted before (None on first poll).
+        installed_release_seq: The ``release_seq`` of the installed model (None when unknown).
         now: Current time (for tests); defaults to the clock.
 
     Returns:
@@ -656,7 +687,8 @@ def verify_assignment(
         DocumentFormatError: The envelope or the assignment is malformed.
         SignatureError: Not signed by the director key.
         IdentityMismatchError: It is for another device or profile.
-        ReplayError: Its counter is below ``last_counter``.
+        ReplayError: Its counter is below ``last_counter``, or it assigns a release older than the installed
+            one without the rollback flag.
         ExpiredDocumentError: It has expired.
     """
     assignment = Assignment.from_dict(verify_document(envelope, [director_key]))
@@ -670,7 +702,33 @@ def verify_assignment(
         raise ReplayError(f"assignment counter {assignment.counter} is below {last_counter}")
     if parse_time(assignment.expires, "expires") <= (now or datetime.now(UTC)):
         raise ExpiredDocumentError(f"assignment expired at {assignment.expires}")
+    check_release_order(assignment, installed_release_seq)
     return assignment
+
+
+def check_release_order(assignment: Assignment, installed_release_seq: int | None) -> None:
+    """Refuse a move to an older release than the installed one unless the director flags a rollback.
+
+    Without an installed sequence (first install, or a model installed before sequences existed) or without
+    one in the assignment (an older server), there is nothing to compare and the check passes.
+
+    Args:
+        assignment: A verified assignment.
+        installed_release_seq: The ``release_seq`` of the installed model, or None.
+
+    Raises:
+        ReplayError: ``assignment.release_seq`` is below ``installed_release_seq`` and ``rollback`` is false.
+    """
+    if (
+        installed_release_seq is not None
+        and assignment.release_seq is not None
+        and assignment.release_seq < installed_release_seq
+        and not assignment.rollback
+    ):
+        raise ReplayError(
+            f"assignment sends release {assignment.release_id} (sequence {assignment.release_seq}) older than"
+            f" the installed one (sequence {installed_release_seq}) without an operator rollback flag"
+        )
 
 
 # ---- status reports ----------------------------------------------------------------------------------

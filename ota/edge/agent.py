@@ -7,7 +7,8 @@ One :meth:`Agent.poll_once` does, in order:
 3. get a short-lived token (challenge signed by the device key);
 4. ``GET /v1/devices/{id}/assignment`` with ``If-None-Match``; a 304 costs nothing more;
 5. verify the assignment: director signature, device id, hardware profile, counter never below the last
-   accepted one, expiry (:func:`ota.core.manifest.verify_assignment`);
+   accepted one, expiry, and no release older than the installed one unless the director flags an
+   operator rollback (:func:`ota.core.manifest.verify_assignment`);
 6. refresh the image repository with python-tuf's ``ngclient.Updater`` from the stored root and check
    that TUF and the director agree on the target's (and delta's) length and sha256;
 7. hand a persisted :class:`~ota.edge.state.UpdatePlan` to the :class:`~ota.edge.install.Installer`;
@@ -61,6 +62,9 @@ from ota.edge.tuf_fetcher import HttpxFetcher
 log = logging.getLogger(__name__)
 
 FAILURES_KEY = "failed_assignments"
+# sha256 -> release_seq of models this agent installed (recorded before installing, so a crash mid-install
+# still leaves the sequence of whatever ends up committed): what "older than installed" is measured against.
+RELEASE_SEQS_KEY = "release_seqs"
 ETAG_KEY = "assignment"
 
 
@@ -240,6 +244,7 @@ class Agent:
                 device_id=self.device_id,
                 hardware_profile=self.hardware.name,
                 last_counter=state.highest_assignment_counter or None,
+                installed_release_seq=self._release_seqs().get(current) if current else None,
                 now=self._now(),
             )
         except OtaError as exc:
@@ -273,6 +278,8 @@ class Agent:
             self._flush_reports()
             self._etag = new_etag
             return PollResult("failed", delay, str(exc), attack=True)
+        if assignment.release_seq is not None:
+            self._remember_release_seq(target.sha256, assignment.release_seq)
         outcome = self.installer.install(plan)
         self._flush_reports()
         if outcome.status is ReportStatus.COMMITTED:
@@ -542,6 +549,20 @@ class Agent:
         # Keep only recent keys: a device that has failed many assignments must not grow its state forever.
         recent = dict(list(failures.items())[-32:])
         self.installer.states.save(replace(state, extra={**state.extra, FAILURES_KEY: recent}))
+
+    def _release_seqs(self) -> dict[str, int]:
+        raw = self.installer.state().extra.get(RELEASE_SEQS_KEY, {})
+        if not isinstance(raw, dict):
+            return {}
+        return {str(k): v for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+    def _remember_release_seq(self, sha256: str, seq: int) -> None:
+        state = self.installer.state()
+        seqs = {k: v for k, v in self._release_seqs().items() if k != sha256}
+        seqs[sha256] = seq
+        # A few entries cover the committed model, the one on trial and a rollback target.
+        recent = dict(list(seqs.items())[-8:])
+        self.installer.states.save(replace(state, extra={**state.extra, RELEASE_SEQS_KEY: recent}))
 
     def _now(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.clock_offset_s)

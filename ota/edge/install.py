@@ -334,6 +334,9 @@ class Installer:
                 destination,
                 max_output_bytes=plan.target.length,
             )
+            # The delta engine writes through mkstemp (0600); a full download lands 0644. The application
+            # reading the active model may run as another user, so both must be world-readable.
+            destination.chmod(0o644)
             if sha256_file(destination) != plan.target.sha256:
                 # The patch itself was signed and verified: a wrong result is a broken publish, not an
                 # attack on the transfer, so it takes the fallback path below like any apply failure.

@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import select, text
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ota.core.errors import (
@@ -71,6 +73,8 @@ ERROR_MAP: list[tuple[type[Exception], int, str]] = [
     (BlobStoreError, 503, "blob_store_unavailable"),
     (RepositoryError, 503, "repository_unavailable"),
     (KeyringError, 503, "keys_unavailable"),
+    # Every connection stayed busy for the pool timeout: overload, so tell the client to come back later.
+    (PoolTimeoutError, 503, "database_busy"),
 ]
 
 
@@ -202,6 +206,10 @@ def create_app(settings: ServerSettings | None = None, *, ctx: ServerContext | N
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Sync routes and background jobs run on anyio's worker threads (40 by default) and each holds at
+        # most one connection while it runs: with no more threads than connections, none ever waits for one.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = context.settings.db_pool_size + context.settings.db_max_overflow
         tasks = [asyncio.create_task(_every(s, w, n)) for s, w, n in _background_jobs(context)]
         try:
             yield
@@ -220,7 +228,7 @@ def create_app(settings: ServerSettings | None = None, *, ctx: ServerContext | N
         lifespan=lifespan,
     )
     app.state.ctx = context
-    for kind in (ServerError, OtaError):
+    for kind in (ServerError, OtaError, PoolTimeoutError):
         app.add_exception_handler(kind, _handle_domain_error)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)

@@ -7,6 +7,8 @@ Built by :func:`build_context` from settings (never at import time); the app fac
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -14,7 +16,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ota.server.auth import DeviceTokens
 from ota.server.blobstore import BlobStore, open_blob_store
-from ota.server.db import make_engine, make_session_factory, read_counter, run_migrations, transaction
+from ota.server.db import (
+    BUMPED_KEY,
+    make_engine,
+    make_session_factory,
+    read_counter,
+    run_migrations,
+    transaction,
+)
 from ota.server.director import AssignmentCache, DirectorConfig
 from ota.server.keys import Keyring, ensure_keyring
 from ota.server.metrics import Metrics
@@ -39,6 +48,27 @@ class ServerContext:
     cache: AssignmentCache = field(default_factory=AssignmentCache)
     metrics: Metrics = field(default_factory=Metrics)
 
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """Open a session in a transaction that commits when the block ends (rolls back on error).
+
+        Routes open it inside their body, so the connection is committed and returned to the pool on the
+        same worker thread, before the route returns. (A generator dependency kept it until FastAPI had
+        validated the response on another worker thread: with every thread waiting for a connection,
+        the server stalled with all connections idle in transaction.) When the transaction bumped the
+        generation counter, this process's assignment cache learns the new generation at once; other
+        processes learn it from their background poll.
+
+        Yields:
+            The session.
+        """
+        with self.sessions() as session:
+            with session.begin():
+                yield session
+            bumped = session.info.get(BUMPED_KEY)
+        if bumped is not None:
+            self.cache.observe(int(bumped))
+
     def close(self) -> None:
         """Release database connections."""
         self.engine.dispose()
@@ -60,7 +90,12 @@ def build_context(settings: ServerSettings, *, migrate: bool | None = None) -> S
         BlobStoreError: The blob store is unreachable.
         RepositoryError: The repository cannot be initialised.
     """
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(
+        settings.resolved_database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+    )
     if settings.migrate_on_start if migrate is None else migrate:
         run_migrations(engine)
     sessions = make_session_factory(engine)

@@ -26,11 +26,16 @@ BUMPED_KEY = "edgefleet_generation"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(
+    url: str, *, pool_size: int = 10, max_overflow: int = 30, pool_timeout: float = 30.0
+) -> Engine:
     """Create an engine for a SQLite or PostgreSQL URL with the settings this server relies on.
 
     Args:
         url: SQLAlchemy URL; ``postgresql://`` is mapped to the psycopg 3 driver.
+        pool_size: Connections kept open (file SQLite and PostgreSQL).
+        max_overflow: Extra connections opened under load.
+        pool_timeout: Seconds a checkout waits for a free connection before failing.
 
     Returns:
         The engine.
@@ -46,13 +51,23 @@ def make_engine(url: str) -> Engine:
     if backend == "sqlite":
         if parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+        pool: dict[str, Any] = {}
+        if parsed.database and parsed.database != ":memory:":
+            # File SQLite uses a QueuePool (5 + 10 by default): size it like PostgreSQL's.
+            pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if backend == "postgresql":
         if parsed.drivername in {"postgresql", "postgres"}:
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        return create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+        )
     raise ConfigError(f"unsupported database backend {backend!r}: use sqlite or postgresql")
 
 

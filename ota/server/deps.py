@@ -1,21 +1,24 @@
 """FastAPI dependency aliases: the context, a session, operator scopes and the calling device.
 
-Routes declare what they need with these aliases (``SessionDep``, ``ReadOperator``, ``DeviceIdDep`` ...),
+Routes declare what they need with these aliases (``ContextDep``, ``ReadOperator``, ``DeviceIdDep`` ...),
 so authentication lives in one place and every endpoint states its scope in its signature.
+
+There is deliberately no session dependency: a route opens ``ctx.transaction()`` in its body, so its
+connection never outlives the worker thread that uses it (see :meth:`ServerContext.transaction`).
+Dependencies that read the database (operator authentication) close their own short session before
+returning, so a request never holds two connections.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
-from sqlalchemy.orm import Session
 
 from ota.core.manifest import DEVICE_ID_PATTERN
 from ota.server.auth import Scope, authenticate_operator
 from ota.server.context import ServerContext
-from ota.server.db import BUMPED_KEY
 from ota.server.errors import AuthError, ForbiddenError
 from ota.server.models import OperatorToken
 
@@ -27,24 +30,6 @@ def get_context(request: Request) -> ServerContext:
 
 
 ContextDep = Annotated[ServerContext, Depends(get_context)]
-
-
-def get_session(ctx: ContextDep) -> Iterator[Session]:
-    """Yield a session in a transaction committed when the route returns (rolled back on error).
-
-    When the transaction bumped the generation counter, this process's assignment cache learns the new
-    generation at once; other processes learn it from their background poll.
-    """
-    with ctx.sessions() as session:
-        with session.begin():
-            yield session
-        bumped = session.info.get(BUMPED_KEY)
-        if bumped is not None:
-            ctx.cache.observe(int(bumped))
-
-
-# scope="function": commit before the response is sent, so a client never reads ahead of its own write.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def bearer(request: Request) -> str | None:

@@ -68,18 +68,38 @@ def _jittered_interval(device_id: str, config: DirectorConfig) -> int:
     return config.poll_interval + offset
 
 
-def decide_release(session: Session, device: Device) -> tuple[Release | None, Rollout | None]:
-    """Return the release a device should run and the rollout that decided it.
+def release_seq(release: Release) -> int:
+    """Return the release's sequence for assignments: its creation time in microseconds since the epoch.
+
+    Releases are created one after another, so this only grows with each new release of a model, and it
+    is the same in every server process (it is read from the shared database, not computed per process).
+
+    Args:
+        release: The release row.
+
+    Returns:
+        The sequence number.
+    """
+    created = release.created_at
+    if created.tzinfo is None:  # SQLite returns naive datetimes (stored as UTC)
+        created = created.replace(tzinfo=UTC)
+    return int(created.timestamp() * 1_000_000)
+
+
+def decide_release(session: Session, device: Device) -> tuple[Release | None, Rollout | None, bool]:
+    """Return the release a device should run, the rollout that decided it, and whether it is a rollback.
 
     The newest rollout whose selector matches the device decides: in its cohort the device gets the
     rollout's release, outside it (or once the rollout aborted or rolled back) the previous release.
+    Once the rollout aborted or was rolled back, sending the previous release is an operator (or automatic)
+    rollback: the assignment carries the rollback flag so agents that installed the newer release accept it.
 
     Args:
         session: An open session.
         device: The device.
 
     Returns:
-        ``(release or None, rollout or None)``.
+        ``(release or None, rollout or None, rollback)``.
     """
     rollouts = session.scalars(select(Rollout).order_by(Rollout.created_at.desc(), Rollout.id.desc()))
     for rollout in rollouts:
@@ -90,12 +110,14 @@ def decide_release(session: Session, device: Device) -> tuple[Release | None, Ro
         if state is RolloutState.COMPLETED:
             percent = 100.0
         chosen: str | None
-        if state in REVERTED_STATES or not in_cohort(device.id, rollout.id, percent):
+        reverted = state in REVERTED_STATES
+        if reverted or not in_cohort(device.id, rollout.id, percent):
             chosen = rollout.previous_release_id
         else:
             chosen = rollout.release_id
-        return (session.get(Release, chosen) if chosen else None), rollout
-    return None, None
+        rollback = reverted and chosen is not None and chosen != rollout.release_id
+        return (session.get(Release, chosen) if chosen else None), rollout, rollback
+    return None, None, False
 
 
 def build_answer(
@@ -130,7 +152,7 @@ def build_answer(
         raise NotFoundError(f"no device {device_id!r}")
     if device.state != AdmissionState.ACCEPTED.value:
         raise ForbiddenError(f"device {device_id} is {device.state}, not accepted")
-    release, rollout = decide_release(session, device)
+    release, rollout, rollback = decide_release(session, device)
     target = delta = None
     if release is not None:
         target = TargetRef(name=release.target_name, length=release.length, sha256=release.sha256)
@@ -164,6 +186,8 @@ def build_answer(
         delta=delta,
         release_id=release.id if release else None,
         rollout_id=rollout.id if rollout else None,
+        release_seq=release_seq(release) if release else None,
+        rollback=rollback and release is not None,
     )
     decision = assignment.to_dict()
     decision.pop("counter")

@@ -44,6 +44,11 @@ class ServerSettings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     migrate_on_start: bool = True
     token_secret: str = DEFAULT_SECRET
+    # Database connections per process. The worker-thread limit of sync routes is set to their sum, so a
+    # thread never waits for a connection (each request holds at most one, only while its thread runs).
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
+    db_max_overflow: int = Field(default=30, ge=0, le=1000)
+    db_pool_timeout: float = Field(default=30.0, gt=0)
 
     # Polling and expiry periods, in seconds.
     poll_interval: int = Field(default=60, ge=1)

@@ -29,7 +29,7 @@ from ota.core.manifest import (
 )
 from ota.core.signing import key_from_dict, key_to_dict
 from ota.server.auth import find_provisioning_token
-from ota.server.deps import ContextDep, DeviceIdDep, DevicePath, SessionDep
+from ota.server.deps import ContextDep, DeviceIdDep, DevicePath
 from ota.server.director import build_answer
 from ota.server.errors import ConflictError, ForbiddenError, NotFoundError
 from ota.server.models import AuditEntry, Device, StatusReportRow
@@ -43,7 +43,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/enrol", responses=ERRORS, status_code=201)
-def enrol(envelope: Envelope, ctx: ContextDep, session: SessionDep) -> JSONResponse:
+def enrol(envelope: Envelope, ctx: ContextDep) -> JSONResponse:
     """Enrol a device: provisioning token + self-signed public key, hardware profile and tags.
 
     Raises:
@@ -53,67 +53,69 @@ def enrol(envelope: Envelope, ctx: ContextDep, session: SessionDep) -> JSONRespo
         ConflictError: The device id is enrolled with another key.
         ForbiddenError: The device was rejected.
     """
-    raw = envelope.model_dump()
-    request = EnrolmentRequest.from_dict(raw["signed"])
-    key = key_from_dict(request.public_key)
-    verify_signed_request(raw, key, EnrolmentRequest)
-    token = find_provisioning_token(session, request.provisioning_token)
-    device = session.get(Device, request.device_id)
-    if device is None:
-        device = Device(
-            id=request.device_id,
-            public_key=key_to_dict(key),
-            keyid=key.keyid,
-            hardware_profile=request.hardware_profile,
-            hardware=request.hardware,
-            tags=list(request.tags),
-            group=request.group or token.group,
-            state=(AdmissionState.ACCEPTED if token.auto_accept else AdmissionState.PENDING).value,
-            provisioning_token_id=token.id,
-        )
-        session.add(device)
-        session.add(
-            AuditEntry(
-                actor=f"device:{request.device_id}",
-                action="device.enrol",
-                subject=request.device_id,
-                details={"state": device.state, "provisioning_token": token.id},
+    with ctx.transaction() as session:
+        raw = envelope.model_dump()
+        request = EnrolmentRequest.from_dict(raw["signed"])
+        key = key_from_dict(request.public_key)
+        verify_signed_request(raw, key, EnrolmentRequest)
+        token = find_provisioning_token(session, request.provisioning_token)
+        device = session.get(Device, request.device_id)
+        if device is None:
+            device = Device(
+                id=request.device_id,
+                public_key=key_to_dict(key),
+                keyid=key.keyid,
+                hardware_profile=request.hardware_profile,
+                hardware=request.hardware,
+                tags=list(request.tags),
+                group=request.group or token.group,
+                state=(AdmissionState.ACCEPTED if token.auto_accept else AdmissionState.PENDING).value,
+                provisioning_token_id=token.id,
             )
+            session.add(device)
+            session.add(
+                AuditEntry(
+                    actor=f"device:{request.device_id}",
+                    action="device.enrol",
+                    subject=request.device_id,
+                    details={"state": device.state, "provisioning_token": token.id},
+                )
+            )
+        elif device.keyid != key.keyid:
+            raise ConflictError(f"device {request.device_id} is enrolled with another key")
+        if device.state == AdmissionState.REJECTED.value:
+            raise ForbiddenError(f"device {request.device_id} was rejected by an operator")
+        root = ctx.repository.read(session, "root")
+        base = ctx.settings.public_base_url.rstrip("/")
+        answer = EnrolmentResponse(
+            device_id=device.id,
+            state=AdmissionState(device.state),
+            tuf_root=json.loads(root or b"{}"),
+            director_key=key_to_dict(ctx.keyring.public_keys("director")[0]),
+            metadata_url=f"{base}/tuf/metadata/",
+            targets_url=f"{base}/tuf/targets/",
+            poll_interval=ctx.settings.poll_interval,
         )
-    elif device.keyid != key.keyid:
-        raise ConflictError(f"device {request.device_id} is enrolled with another key")
-    if device.state == AdmissionState.REJECTED.value:
-        raise ForbiddenError(f"device {request.device_id} was rejected by an operator")
-    root = ctx.repository.read(session, "root")
-    base = ctx.settings.public_base_url.rstrip("/")
-    answer = EnrolmentResponse(
-        device_id=device.id,
-        state=AdmissionState(device.state),
-        tuf_root=json.loads(root or b"{}"),
-        director_key=key_to_dict(ctx.keyring.public_keys("director")[0]),
-        metadata_url=f"{base}/tuf/metadata/",
-        targets_url=f"{base}/tuf/targets/",
-        poll_interval=ctx.settings.poll_interval,
-    )
-    status = 201 if device.state == AdmissionState.ACCEPTED.value else 202
-    return JSONResponse(answer.to_dict(), status_code=status)
+        status = 201 if device.state == AdmissionState.ACCEPTED.value else 202
+        return JSONResponse(answer.to_dict(), status_code=status)
 
 
 @router.post("/devices/{device_id}/challenge", responses=ERRORS)
-def challenge(device_id: DevicePath, ctx: ContextDep, session: SessionDep) -> ChallengePublic:
+def challenge(device_id: DevicePath, ctx: ContextDep) -> ChallengePublic:
     """Hand out a short-lived nonce for the device to sign.
 
     Raises:
         NotFoundError: Unknown device.
     """
-    if session.get(Device, device_id) is None:
-        raise NotFoundError(f"no device {device_id!r}")
-    nonce, expires = ctx.tokens.challenge(device_id)
-    return ChallengePublic(nonce=nonce, expires=format_time(expires))
+    with ctx.transaction() as session:
+        if session.get(Device, device_id) is None:
+            raise NotFoundError(f"no device {device_id!r}")
+        nonce, expires = ctx.tokens.challenge(device_id)
+        return ChallengePublic(nonce=nonce, expires=format_time(expires))
 
 
 @router.post("/devices/{device_id}/token", responses=ERRORS)
-def token(device_id: DevicePath, envelope: Envelope, ctx: ContextDep, session: SessionDep) -> TokenPublic:
+def token(device_id: DevicePath, envelope: Envelope, ctx: ContextDep) -> TokenPublic:
     """Exchange a signed challenge for a short-lived poll token.
 
     Raises:
@@ -122,17 +124,18 @@ def token(device_id: DevicePath, envelope: Envelope, ctx: ContextDep, session: S
         AuthError: Bad or expired nonce.
         ForbiddenError: The device is not accepted or the request names another device.
     """
-    device = session.get(Device, device_id)
-    if device is None:
-        raise NotFoundError(f"no device {device_id!r}")
-    request = verify_signed_request(envelope.model_dump(), key_from_dict(device.public_key), TokenRequest)
-    if request.device_id != device_id:
-        raise ForbiddenError("the signed request names another device")
-    ctx.tokens.check_challenge(device_id, request.nonce)
-    if device.state != AdmissionState.ACCEPTED.value:
-        raise ForbiddenError(f"device {device_id} is {device.state}; an operator must accept it")
-    value, expires = ctx.tokens.issue(device_id)
-    return TokenPublic(token=value, expires=format_time(expires))
+    with ctx.transaction() as session:
+        device = session.get(Device, device_id)
+        if device is None:
+            raise NotFoundError(f"no device {device_id!r}")
+        request = verify_signed_request(envelope.model_dump(), key_from_dict(device.public_key), TokenRequest)
+        if request.device_id != device_id:
+            raise ForbiddenError("the signed request names another device")
+        ctx.tokens.check_challenge(device_id, request.nonce)
+        if device.state != AdmissionState.ACCEPTED.value:
+            raise ForbiddenError(f"device {device_id} is {device.state}; an operator must accept it")
+        value, expires = ctx.tokens.issue(device_id)
+        return TokenPublic(token=value, expires=format_time(expires))
 
 
 @router.get(
@@ -178,9 +181,7 @@ def assignment(
 
 
 @router.post("/devices/{device_id}/reports", responses=ERRORS)
-def report(
-    device_id: DeviceIdDep, envelope: Envelope, ctx: ContextDep, session: SessionDep
-) -> ReportAccepted:
+def report(device_id: DeviceIdDep, envelope: Envelope, ctx: ContextDep) -> ReportAccepted:
     """Accept a signed status report whose counter exceeds the last accepted one.
 
     Raises:
@@ -189,40 +190,41 @@ def report(
         ForbiddenError: The report names another device.
         ReplayError: Its counter is not above the last accepted one (answered 403).
     """
-    device = session.scalar(select(Device).where(Device.id == device_id).with_for_update())
-    if device is None:
-        raise NotFoundError(f"no device {device_id!r}")
-    status_report = verify_signed_request(
-        envelope.model_dump(), key_from_dict(device.public_key), StatusReport
-    )
-    if status_report.device_id != device_id:
-        raise ForbiddenError("the signed report names another device")
-    check_report_counter(status_report, device.last_report_counter)
-    now = datetime.now(UTC)
-    device.last_report_counter = status_report.counter
-    if status_report.current_sha256:
-        device.current_sha256 = status_report.current_sha256
-    if status_report.status is ReportStatus.COMMITTED and status_report.target_sha256:
-        device.current_sha256 = status_report.target_sha256
-    device.updated_at = now
-    session.add(
-        StatusReportRow(
-            device_id=device_id,
-            counter=status_report.counter,
-            status=status_report.status.value,
-            release_id=status_report.release_id,
-            rollout_id=status_report.rollout_id,
-            body=status_report.to_dict(),
-            received_at=now,
+    with ctx.transaction() as session:
+        device = session.scalar(select(Device).where(Device.id == device_id).with_for_update())
+        if device is None:
+            raise NotFoundError(f"no device {device_id!r}")
+        status_report = verify_signed_request(
+            envelope.model_dump(), key_from_dict(device.public_key), StatusReport
         )
-    )
-    if status_report.rollout_id:
-        record_device_status(
-            session,
-            rollout_id=status_report.rollout_id,
-            device_id=device_id,
-            status=status_report.status.value,
-            now=now,
+        if status_report.device_id != device_id:
+            raise ForbiddenError("the signed report names another device")
+        check_report_counter(status_report, device.last_report_counter)
+        now = datetime.now(UTC)
+        device.last_report_counter = status_report.counter
+        if status_report.current_sha256:
+            device.current_sha256 = status_report.current_sha256
+        if status_report.status is ReportStatus.COMMITTED and status_report.target_sha256:
+            device.current_sha256 = status_report.target_sha256
+        device.updated_at = now
+        session.add(
+            StatusReportRow(
+                device_id=device_id,
+                counter=status_report.counter,
+                status=status_report.status.value,
+                release_id=status_report.release_id,
+                rollout_id=status_report.rollout_id,
+                body=status_report.to_dict(),
+                received_at=now,
+            )
         )
-    ctx.metrics.reports[status_report.status.value] += 1
-    return ReportAccepted(accepted=True, counter=status_report.counter)
+        if status_report.rollout_id:
+            record_device_status(
+                session,
+                rollout_id=status_report.rollout_id,
+                device_id=device_id,
+                status=status_report.status.value,
+                now=now,
+            )
+        ctx.metrics.reports[status_report.status.value] += 1
+        return ReportAccepted(accepted=True, counter=status_report.counter)

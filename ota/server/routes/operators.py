@@ -22,7 +22,6 @@ from ota.server.deps import (
     ReadOperator,
     ReleaseOperator,
     RolloutOperator,
-    SessionDep,
 )
 from ota.server.errors import InvalidRequestError, NotFoundError
 from ota.server.models import AuditEntry, Delta, Device, Release, Rollout
@@ -52,23 +51,25 @@ def _audit(session: Any, actor: str, action: str, subject: str, **details: Any) 
 
 
 @router.post("/tokens", status_code=201)
-def create_token(body: OperatorTokenCreate, operator: AdminOperator, session: SessionDep) -> TokenCreated:
+def create_token(body: OperatorTokenCreate, operator: AdminOperator, ctx: ContextDep) -> TokenCreated:
     """Create an operator API token (admin)."""
-    row, value = create_operator_token(session, name=body.name, scopes=body.scopes)
-    _audit(session, f"token:{operator.id}", "token.create", row.id, scopes=row.scopes)
-    return TokenCreated(id=row.id, name=row.name, token=value)
+    with ctx.transaction() as session:
+        row, value = create_operator_token(session, name=body.name, scopes=body.scopes)
+        _audit(session, f"token:{operator.id}", "token.create", row.id, scopes=row.scopes)
+        return TokenCreated(id=row.id, name=row.name, token=value)
 
 
 @router.post("/provisioning-tokens", status_code=201)
 def create_provisioning(
-    body: ProvisioningTokenCreate, operator: AdminOperator, session: SessionDep
+    body: ProvisioningTokenCreate, operator: AdminOperator, ctx: ContextDep
 ) -> TokenCreated:
     """Create a device provisioning token (admin)."""
-    row, value = create_provisioning_token(
-        session, name=body.name, auto_accept=body.auto_accept, group=body.group
-    )
-    _audit(session, f"token:{operator.id}", "provisioning.create", row.id, auto_accept=row.auto_accept)
-    return TokenCreated(id=row.id, name=row.name, token=value)
+    with ctx.transaction() as session:
+        row, value = create_provisioning_token(
+            session, name=body.name, auto_accept=body.auto_accept, group=body.group
+        )
+        _audit(session, f"token:{operator.id}", "provisioning.create", row.id, auto_accept=row.auto_accept)
+        return TokenCreated(id=row.id, name=row.name, token=value)
 
 
 @router.put(
@@ -132,30 +133,30 @@ async def publish(
 
 
 @router.get("/releases")
-def list_releases(operator: ReadOperator, session: SessionDep) -> list[ReleasePublic]:
+def list_releases(operator: ReadOperator, ctx: ContextDep) -> list[ReleasePublic]:
     """List releases, newest first (read)."""
-    rows = session.scalars(select(Release).order_by(Release.created_at.desc()).limit(1000))
-    return [ReleasePublic.model_validate(r) for r in rows]
+    with ctx.transaction() as session:
+        rows = session.scalars(select(Release).order_by(Release.created_at.desc()).limit(1000))
+        return [ReleasePublic.model_validate(r) for r in rows]
 
 
 @router.get("/releases/{release_id}")
-def get_release(
-    release_id: Annotated[str, ...], operator: ReadOperator, session: SessionDep
-) -> PublishPublic:
+def get_release(release_id: Annotated[str, ...], operator: ReadOperator, ctx: ContextDep) -> PublishPublic:
     """Show one release with its deltas (read).
 
     Raises:
         NotFoundError: Unknown release.
     """
-    release = session.get(Release, release_id)
-    if release is None:
-        raise NotFoundError(f"no release {release_id!r}")
-    deltas = session.scalars(select(Delta).where(Delta.release_id == release_id))
-    return PublishPublic(
-        release=ReleasePublic.model_validate(release),
-        created=False,
-        deltas=[DeltaPublic.model_validate(d) for d in deltas],
-    )
+    with ctx.transaction() as session:
+        release = session.get(Release, release_id)
+        if release is None:
+            raise NotFoundError(f"no release {release_id!r}")
+        deltas = session.scalars(select(Delta).where(Delta.release_id == release_id))
+        return PublishPublic(
+            release=ReleasePublic.model_validate(release),
+            created=False,
+            deltas=[DeltaPublic.model_validate(d) for d in deltas],
+        )
 
 
 def _rollout_public(session: Any, rollout: Rollout) -> RolloutPublic:
@@ -176,9 +177,7 @@ def _rollout_public(session: Any, rollout: Rollout) -> RolloutPublic:
 
 
 @router.post("/rollouts", status_code=201)
-def start_rollout(
-    body: RolloutCreate, operator: RolloutOperator, ctx: ContextDep, session: SessionDep
-) -> RolloutPublic:
+def start_rollout(body: RolloutCreate, operator: RolloutOperator, ctx: ContextDep) -> RolloutPublic:
     """Start a rollout (rollout scope).
 
     Raises:
@@ -186,46 +185,49 @@ def start_rollout(
         ConflictError: An active rollout holds the selector.
         InvalidRequestError: Bad phases.
     """
-    rollout = create_rollout(
-        session,
-        release_id=body.release_id,
-        group=body.group,
-        tags=tuple(body.tags),
-        phases=[Phase(**p.model_dump()) for p in body.phases]
-        if body.phases
-        else ctx.settings.default_phases(),
-        failure_threshold=body.failure_threshold,
-        min_reports_for_abort=body.min_reports_for_abort,
-        abort_action=body.abort_action,
-        progress_timeout=body.progress_timeout,
-        actor=f"token:{operator.id}",
-    )
-    return _rollout_public(session, rollout)
+    with ctx.transaction() as session:
+        rollout = create_rollout(
+            session,
+            release_id=body.release_id,
+            group=body.group,
+            tags=tuple(body.tags),
+            phases=[Phase(**p.model_dump()) for p in body.phases]
+            if body.phases
+            else ctx.settings.default_phases(),
+            failure_threshold=body.failure_threshold,
+            min_reports_for_abort=body.min_reports_for_abort,
+            abort_action=body.abort_action,
+            progress_timeout=body.progress_timeout,
+            actor=f"token:{operator.id}",
+        )
+        return _rollout_public(session, rollout)
 
 
 @router.get("/rollouts")
-def list_rollouts(operator: ReadOperator, session: SessionDep) -> list[RolloutPublic]:
+def list_rollouts(operator: ReadOperator, ctx: ContextDep) -> list[RolloutPublic]:
     """List rollouts, newest first (read)."""
-    rows = session.scalars(select(Rollout).order_by(Rollout.created_at.desc()).limit(1000))
-    return [_rollout_public(session, r) for r in rows]
+    with ctx.transaction() as session:
+        rows = session.scalars(select(Rollout).order_by(Rollout.created_at.desc()).limit(1000))
+        return [_rollout_public(session, r) for r in rows]
 
 
 @router.get("/rollouts/{rollout_id}")
-def get_rollout(rollout_id: str, operator: ReadOperator, session: SessionDep) -> RolloutPublic:
+def get_rollout(rollout_id: str, operator: ReadOperator, ctx: ContextDep) -> RolloutPublic:
     """Show one rollout and its counters (read).
 
     Raises:
         NotFoundError: Unknown rollout.
     """
-    rollout = session.get(Rollout, rollout_id)
-    if rollout is None:
-        raise NotFoundError(f"no rollout {rollout_id!r}")
-    return _rollout_public(session, rollout)
+    with ctx.transaction() as session:
+        rollout = session.get(Rollout, rollout_id)
+        if rollout is None:
+            raise NotFoundError(f"no rollout {rollout_id!r}")
+        return _rollout_public(session, rollout)
 
 
 @router.post("/rollouts/{rollout_id}/{action}")
 def act_on_rollout(
-    rollout_id: str, action: RolloutEvent, operator: RolloutOperator, session: SessionDep
+    rollout_id: str, action: RolloutEvent, operator: RolloutOperator, ctx: ContextDep
 ) -> RolloutPublic:
     """Pause, resume, abort, roll back or advance a rollout by hand (rollout scope).
 
@@ -233,46 +235,50 @@ def act_on_rollout(
         NotFoundError: Unknown rollout.
         RolloutStateError: The action is not allowed in the rollout's state.
     """
-    rollout = control_rollout(session, rollout_id, action, actor=f"token:{operator.id}")
-    return _rollout_public(session, rollout)
+    with ctx.transaction() as session:
+        rollout = control_rollout(session, rollout_id, action, actor=f"token:{operator.id}")
+        return _rollout_public(session, rollout)
 
 
 @router.get("/devices")
 def list_devices(
     operator: ReadOperator,
-    session: SessionDep,
+    ctx: ContextDep,
     state: AdmissionState | None = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> list[DevicePublic]:
     """List devices, optionally by admission state (read)."""
-    query = select(Device).order_by(Device.id).limit(limit)
-    if state is not None:
-        query = query.where(Device.state == state.value)
-    return [DevicePublic.model_validate(d) for d in session.scalars(query)]
+    with ctx.transaction() as session:
+        query = select(Device).order_by(Device.id).limit(limit)
+        if state is not None:
+            query = query.where(Device.state == state.value)
+        return [DevicePublic.model_validate(d) for d in session.scalars(query)]
 
 
 @router.post("/devices/{device_id}/admission/{decision}")
 def admit_device(
-    device_id: str, decision: AdmissionState, operator: AdminOperator, session: SessionDep
+    device_id: str, decision: AdmissionState, operator: AdminOperator, ctx: ContextDep
 ) -> DevicePublic:
     """Accept or reject a device (admin).
 
     Raises:
         NotFoundError: Unknown device.
     """
-    device = session.get(Device, device_id)
-    if device is None:
-        raise NotFoundError(f"no device {device_id!r}")
-    device.state = decision.value
-    bump_counter(session)
-    _audit(session, f"token:{operator.id}", f"device.{decision.value}", device_id)
-    return DevicePublic.model_validate(device)
+    with ctx.transaction() as session:
+        device = session.get(Device, device_id)
+        if device is None:
+            raise NotFoundError(f"no device {device_id!r}")
+        device.state = decision.value
+        bump_counter(session)
+        _audit(session, f"token:{operator.id}", f"device.{decision.value}", device_id)
+        return DevicePublic.model_validate(device)
 
 
 @router.get("/audit")
 def audit_log(
-    operator: AdminOperator, session: SessionDep, limit: Annotated[int, Query(ge=1, le=10000)] = 100
+    operator: AdminOperator, ctx: ContextDep, limit: Annotated[int, Query(ge=1, le=10000)] = 100
 ) -> list[AuditPublic]:
     """Return the newest audit entries (admin)."""
-    rows = session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
-    return [AuditPublic.model_validate(r) for r in rows]
+    with ctx.transaction() as session:
+        rows = session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
+        return [AuditPublic.model_validate(r) for r in rows]

@@ -50,12 +50,17 @@ class Mitm(httpx.BaseTransport):
         if request.method == "POST" and path.endswith("/reports"):
             self.reports.append(json.loads(request.content)["signed"])
         response = self.inner.handle_request(request)
+        if not self.rules:
+            return response
+        response.read()
         for rule in self.rules:
-            response.read()
             replaced = rule(request, response)
             if replaced is not None:
                 return replaced
-        return response
+        # The body was read for the rules: hand the client a fresh stream of it (it may stream the body).
+        return httpx.Response(
+            response.status_code, headers=response.headers, stream=httpx.ByteStream(response.content)
+        )
 
 
 def body(response: httpx.Response, content: bytes | Any, *, status: int = 200) -> httpx.Response:
@@ -373,3 +378,75 @@ def test_attack_is_refused_and_reported(scene: Scene, row: str, attack, expect: 
     result = scene.agent.poll_once()
     print(f"{row}: {result.outcome} attack={result.attack} — {result.detail}")
     assert_refused(scene, result, expect=expect)
+
+
+# ---- an older release than the installed one: refused without the operator rollback flag -------------
+
+
+def _on_release_2(scene: Scene) -> bytes:
+    """Let the device install release 2 honestly; return the real (signed) release-2 assignment."""
+    assert _poll_until(scene.agent, {"installed"}).outcome == "installed"
+    state = scene.agent.installer.state()
+    assert state.committed is not None and state.committed.version == "2"
+    with scene.server.http() as http:
+        token = scene.agent._ensure_token()
+        return http.get(
+            f"/v1/devices/{scene.agent.device_id}/assignment",
+            headers={"Authorization": f"Bearer {token}"},
+        ).content
+
+
+def _older_release(scene: Scene, v2_assignment: bytes, *, rollback: bool) -> Rule:
+    """A director-signed assignment (compromised director key) sending the device back to release 1."""
+    v1 = json.loads(scene.v1_assignment)["signed"]
+    v2 = json.loads(v2_assignment)["signed"]
+    assert v1["release_seq"] < v2["release_seq"]
+    changes: dict[str, Any] = {
+        "target": v1["target"],
+        "delta": None,
+        "release_id": v1["release_id"],
+        "release_seq": v1["release_seq"],
+        "counter": v2["counter"] + 1,  # a fresh decision, so the counter check cannot be what refuses it
+    }
+    if rollback:
+        changes["rollback"] = True
+    forged = scene.forge_assignment(v2_assignment, **changes)
+    return _assignment_rule(scene, lambda _s, _raw: forged)
+
+
+def test_older_release_without_rollback_flag_is_refused(scene: Scene) -> None:
+    v2_assignment = _on_release_2(scene)
+    scene.mitm.reports.clear()
+    scene.agent._etag = None
+    scene.mitm.rules.append(_older_release(scene, v2_assignment, rollback=False))
+    result = scene.agent.poll_once()
+    print(f"older-release-without-rollback-flag: {result.outcome} attack={result.attack} — {result.detail}")
+    assert result.attack and "rollback flag" in (result.detail or ""), result
+    state = scene.agent.installer.state()
+    assert state.committed is not None and state.committed.version == "2"
+    assert (scene.agent.state_dir / "current" / "model.onnx").read_bytes() == scene.v2
+    assert [r for r in scene.mitm.reports if r["attack"]], "no attack report reached the server"
+
+
+def test_older_release_with_rollback_flag_is_installed(scene: Scene) -> None:
+    v2_assignment = _on_release_2(scene)
+    scene.agent._etag = None
+    scene.mitm.rules.append(_older_release(scene, v2_assignment, rollback=True))
+    result = _poll_until(scene.agent, {"installed"})
+    assert not result.attack
+    state = scene.agent.installer.state()
+    assert state.committed is not None and state.committed.version == "1"
+    assert (scene.agent.state_dir / "current" / "model.onnx").read_bytes() == scene.v1
+
+
+def test_operator_rollback_brings_the_device_back_to_release_1(scene: Scene) -> None:
+    _on_release_2(scene)
+    rollout = next(r for r in scene.server.get("/v1/rollouts") if r["release_id"] == scene.release2["id"])
+    with scene.server.http() as http:
+        answer = http.post(f"/v1/rollouts/{rollout['id']}/rollback", headers=scene.server.admin)
+    assert answer.status_code == 200, answer.text
+    result = _poll_until(scene.agent, {"installed"})
+    assert not result.attack
+    state = scene.agent.installer.state()
+    assert state.committed is not None and state.committed.version == "1"
+    assert (scene.agent.state_dir / "current" / "model.onnx").read_bytes() == scene.v1

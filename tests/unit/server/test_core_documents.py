@@ -77,6 +77,7 @@ ASSIGNMENT_ATTACKS: list[tuple[str, dict[str, Any], dict[str, Any], type[Excepti
     ("other device", {"device_id": "dev-2"}, {}, IdentityMismatchError),
     ("other profile", {"hardware_profile": "arm64"}, {}, IdentityMismatchError),
     ("counter went back", {"counter": 4}, {"last_counter": 5}, ReplayError),
+    ("older release without rollback flag", {"release_seq": 7}, {"installed_release_seq": 8}, ReplayError),
     ("expired", {"expires": "2001-01-01T00:00:00Z"}, {}, ExpiredDocumentError),
     (
         "delta for another result",
@@ -195,3 +196,30 @@ def test_canonical_json_is_stable_under_reordering(value: Any) -> None:
 
     encoded = canonical_json(value)
     assert canonical_json(json.loads(encoded)) == encoded
+
+
+@pytest.mark.parametrize(
+    ("release_seq", "rollback", "installed"),
+    [(7, True, 8), (8, False, 8), (9, False, 8), (None, False, 8), (7, False, None)],
+)
+def test_release_order_accepts_rollbacks_newer_and_unknown(
+    release_seq: int | None, rollback: bool, installed: int | None
+) -> None:
+    expected = assignment(release_seq=release_seq, rollback=rollback)
+    envelope = sign_assignment(expected, DIRECTOR)
+    parsed = verify_assignment(
+        envelope, DIRECTOR.public_key, device_id="dev-1", installed_release_seq=installed
+    )
+    assert parsed == expected
+
+
+def test_rollback_fields_are_signed_and_typed() -> None:
+    plain = assignment().to_dict()
+    assert "release_seq" not in plain and "rollback" not in plain  # old answers keep their bytes
+    envelope = sign_assignment(assignment(release_seq=7, rollback=True), DIRECTOR)
+    envelope["signed"]["rollback"] = False
+    with pytest.raises(SignatureError):
+        verify_assignment(envelope, DIRECTOR.public_key, device_id="dev-1")
+    for bad in ({"rollback": "yes"}, {"release_seq": -1}, {"release_seq": True}):
+        with pytest.raises(DocumentFormatError):
+            Assignment.from_dict({**assignment(release_seq=7).to_dict(), **bad})

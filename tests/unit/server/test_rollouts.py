@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ota.core.manifest import ReportStatus
+from ota.core.errors import ReplayError
+from ota.core.manifest import Assignment, ReportStatus, verify_assignment
 from ota.server.context import ServerContext
 from ota.server.db import transaction
-from ota.server.director import decide_release
+from ota.server.director import build_answer, decide_release
 from ota.server.errors import ConflictError
 from ota.server.models import Device, Release, Rollout
 from ota.server.releases import publish_release
@@ -78,7 +79,7 @@ def assigned(ctx: ServerContext, device_id: str) -> str | None:
     with ctx.sessions() as session:
         device = session.get(Device, device_id)
         assert device is not None
-        release, _rollout = decide_release(session, device)
+        release, _rollout, _rollback = decide_release(session, device)
         return release.id if release else None
 
 
@@ -212,3 +213,60 @@ def test_reports_for_a_rollout_not_targeting_the_device_are_ignored(ctx: ServerC
     report(ctx, fleet["rollout"], "other-profile", ReportStatus.HEALTH_CHECK_FAILED)
     with ctx.sessions() as session:
         assert counters(session, fleet["rollout"]).failed == 0
+
+
+def signed_assignment(ctx: ServerContext, device_id: str, installed_seq: int | None = None) -> Assignment:
+    """Build the director's signed answer and check it the way an agent does."""
+    with ctx.sessions() as session:
+        answer = build_answer(
+            session,
+            device_id=device_id,
+            current_sha256=None,
+            signer=ctx.keyring.signer("director"),
+            config=ctx.director,
+        )
+    return verify_assignment(
+        answer.body,
+        ctx.keyring.public_keys("director")[0],
+        device_id=device_id,
+        installed_release_seq=installed_seq,
+    )
+
+
+def test_release_seq_orders_releases_and_running_rollout_sets_no_rollback_flag(
+    ctx: ServerContext, fleet: dict
+) -> None:
+    rollout = fleet["rollout"]
+    inside = next(d for d in fleet["devices"] if in_cohort(d, rollout, 10))
+    outside = next(d for d in fleet["devices"] if not in_cohort(d, rollout, 10))
+    new, old = signed_assignment(ctx, inside), signed_assignment(ctx, outside)
+    assert (new.release_id, old.release_id) == (fleet["v2"], fleet["v1"])
+    assert new.release_seq is not None and old.release_seq is not None
+    assert old.release_seq < new.release_seq
+    assert not new.rollback and not old.rollback
+    # A device that already runs v2 and is told to run v1 without the flag refuses it.
+    with pytest.raises(ReplayError, match="rollback flag"):
+        signed_assignment(ctx, outside, installed_seq=new.release_seq)
+
+
+@pytest.mark.parametrize("how", ["auto-abort", "manual-abort", "manual-rollback"])
+def test_reverting_a_rollout_flags_the_previous_release_as_rollback(
+    ctx: ServerContext, fleet: dict, how: str
+) -> None:
+    rollout = fleet["rollout"]
+    cohort = [d for d in fleet["devices"] if in_cohort(d, rollout, 10)]
+    installed = signed_assignment(ctx, cohort[0])
+    assert installed.release_id == fleet["v2"] and not installed.rollback
+    if how == "auto-abort":
+        for device in cohort[:5]:
+            report(ctx, rollout, device, ReportStatus.HEALTH_CHECK_FAILED)
+        assert tick(ctx, rollout) is RolloutEvent.ABORT
+    else:
+        event = RolloutEvent.ABORT if how == "manual-abort" else RolloutEvent.ROLLBACK
+        with transaction(ctx.sessions) as session:
+            control_rollout(session, rollout, event, actor="test")
+    back = signed_assignment(ctx, cohort[0], installed_seq=installed.release_seq)
+    assert back.release_id == fleet["v1"]
+    assert back.rollback is True
+    assert back.release_seq is not None and installed.release_seq is not None
+    assert back.release_seq < installed.release_seq
