@@ -20,7 +20,7 @@ export ZENML_LOGGING_COLORS_DISABLED := true
 export EDGEFLEET_HOME := $(STATE)
 export AUTO_OPEN_DASHBOARD := false
 
-.PHONY: setup run test lint typecheck contracts unit integration e2e bench clean
+.PHONY: setup run test lint typecheck contracts unit integration e2e bench bench-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,8 +58,18 @@ e2e: setup
 test: setup lint typecheck contracts
 	$(BIN)/pytest -q tests/unit tests/integration tests/e2e
 
-bench: setup
+# Benchmarks compare against baselines measured in the same run; the baselines' CLIs come from Debian.
+BENCH_TOOLS := xdelta3 zstd wrk
+
+bench-tools:
+	missing=$$(for t in $(BENCH_TOOLS); do command -v $$t >/dev/null || echo $$t; done)
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
+
+bench: setup bench-tools
 	$(BIN)/python bench/pipeline_bench.py
+	$(BIN)/python bench/pipeline_bench.py --data synthetic-glyphs
+	$(BIN)/python bench/delta_bench.py
+	$(BIN)/python bench/poll_bench.py
 
 clean:
 	rm -rf $(STATE) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
