@@ -56,7 +56,7 @@ e2e: setup
 	$(BIN)/pytest -q tests/e2e
 
 test: setup lint typecheck contracts
-	$(BIN)/pytest -q tests/unit tests/integration tests/e2e
+	$(BIN)/pytest -q tests
 
 # Benchmarks compare against baselines measured in the same run; the baselines' CLIs come from Debian.
 BENCH_TOOLS := xdelta3 zstd wrk
