@@ -27,7 +27,7 @@ from ml.config import PruneConfig, QuantizeConfig, TrainConfig
 from ml.data import load_dataset, split
 from ml.distill import DistillConfig, build_student, distill
 from ml.gates import GateProfile, select_variant
-from ml.nets import TEACHER_SPEC, build_net, count_macs, count_parameters
+from ml.nets import build_net, count_macs, count_parameters, specs_for_input
 from ml.train import accuracy, fit, seed_everything
 from ml.variants import build_variants
 from ml.variants import candidates as variant_candidates
@@ -60,10 +60,11 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
 
         console.print("[bold]training[/] teacher and distilled student (brief)")
-        teacher = build_net(TEACHER_SPEC, in_channels=shape[0], num_classes=data.num_classes)
-        fit(teacher, train, val, epochs=epochs(6), lr=2e-3, patience=3, seed=0)
-        student = build_student(data, seed=0)
-        distill(student, teacher, data, DistillConfig(epochs=epochs(15), patience=4))
+        teacher_spec, student_spec = specs_for_input(shape)
+        teacher = build_net(teacher_spec, in_channels=shape[0], num_classes=data.num_classes)
+        fit(teacher, train, val, epochs=epochs(20), lr=2e-3, patience=4, seed=0)
+        student = build_student(data, seed=0, spec=student_spec)
+        distill(student, teacher, data, DistillConfig(epochs=epochs(30)))
         teacher.eval()
         student.eval()
 

@@ -11,7 +11,7 @@ from zenml import log_metadata, step
 from ml.config import DistillConfig as DistillSection
 from ml.data import DataSplits
 from ml.distill import DistillConfig, build_student, distill, train_label_only
-from ml.nets import ConvNet, count_parameters
+from ml.nets import ConvNet, count_parameters, specs_for_input
 from ml.train import accuracy
 from steps.progress import epoch_progress
 
@@ -39,7 +39,7 @@ def distill_student(
     torch.set_num_threads(threads)
     assert isinstance(teacher, ConvNet)
     settings = _distill_config(config)
-    student = build_student(splits, seed=settings.seed)
+    student = build_student(splits, seed=settings.seed, spec=specs_for_input(splits.input_shape)[1])
     with epoch_progress("student (KD)", settings.epochs) as progress:
         result = distill(student, teacher, splits, settings, progress=progress)
     metrics = {
@@ -60,7 +60,7 @@ def train_label_only_student(
     """The ablation: the same student, seed and optimiser, trained on labels alone."""
     torch.set_num_threads(threads)
     settings = _distill_config(config)
-    student = build_student(splits, seed=settings.seed)
+    student = build_student(splits, seed=settings.seed, spec=specs_for_input(splits.input_shape)[1])
     with epoch_progress("student (labels only)", settings.epochs) as progress:
         result = train_label_only(student, splits, settings, progress=progress)
     metrics = {

@@ -10,7 +10,7 @@ from zenml import log_metadata, step
 
 from ml.config import TrainConfig
 from ml.data import DataSplits
-from ml.nets import TEACHER_SPEC, build_net, count_macs, count_parameters
+from ml.nets import build_net, count_macs, count_parameters, specs_for_input
 from ml.train import accuracy, fit, seed_everything
 from steps.progress import epoch_progress
 
@@ -22,7 +22,8 @@ def train_teacher(
     """Train the teacher; report its test accuracy, parameters and multiply-adds."""
     torch.set_num_threads(threads)
     seed_everything(config.seed)
-    teacher = build_net(TEACHER_SPEC, in_channels=splits.input_shape[0], num_classes=splits.num_classes)
+    teacher_spec, _ = specs_for_input(splits.input_shape)
+    teacher = build_net(teacher_spec, in_channels=splits.input_shape[0], num_classes=splits.num_classes)
     with epoch_progress("teacher", config.epochs) as progress:
         result = fit(
             teacher,

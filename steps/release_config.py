@@ -1,0 +1,64 @@
+"""Parameters of the release pipeline (``configs/release*.yaml`` → ``parameters.config``), validated.
+
+Lives beside the release steps that read it. The server URL may be set here or in
+``$EDGEFLEET_SERVER_URL``; the operator token is read from ``$EDGEFLEET_OPERATOR_TOKEN`` only, so no
+secret is ever committed in a YAML file.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ml.config import DataConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VectorsConfig(_Section):
+    """How the self-test vectors the agent's health check runs are built from held-out (test) data."""
+
+    count: int = Field(32, ge=1, le=4096)
+    # Absolute logit tolerance: INT8 kernels differ a little between ISAs (VNNI vs AVX2 vs NEON).
+    tolerance: float = Field(0.05, gt=0)
+    min_top1_agreement: float = Field(1.0, ge=0, le=1)
+    latency_budget_ms: float | None = Field(None, gt=0)
+
+
+class PhaseConfig(_Section):
+    """One rollout phase (the server's ``PhaseModel``)."""
+
+    percent: float = Field(gt=0, le=100)
+    min_soak_seconds: int = Field(0, ge=0)
+    min_reports: int = Field(0, ge=0)
+
+
+class RolloutConfig(_Section):
+    """Phases and the automatic abort rule of the rollout the pipeline starts."""
+
+    phases: list[PhaseConfig] = Field(
+        default_factory=lambda: [PhaseConfig(percent=p, min_reports=1) for p in (1.0, 10.0, 50.0, 100.0)],
+        min_length=1,
+    )
+    failure_threshold: float = Field(0.1, ge=0, le=1)
+    min_reports_for_abort: int = Field(2, ge=1)
+    abort_action: Literal["abort", "pause"] = "abort"
+    progress_timeout: int = Field(3600, ge=1)
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class ReleasePipelineConfig(_Section):
+    """Everything the release pipeline needs: which versions, which data, which server, which rollout."""
+
+    model_name: str = "edgefleet-digits"
+    profiles: list[str] = Field(default_factory=lambda: ["cpu-int8-small"], min_length=1)
+    alias: str = "production"
+    data: DataConfig = DataConfig()
+    vectors: VectorsConfig = VectorsConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    server_url: str | None = None
+    start_rollout: bool = True
