@@ -8,7 +8,8 @@
   a fitted per-channel scale, then the difference of order-preserving integer images), whichever a quick
   trial on a sample compresses best, or stored plainly for a new tensor; then split into byte planes and
   zstd-compressed plane by plane. Everything else (the protobuf "skeleton") becomes copies when unchanged in
-  place, else literals compressed by zstd with the base bytes they replace as dictionary.
+  place; a changed gap becomes a copy of the prefix and suffix it shares with the base's gap and a literal of
+  the middle, and literals are compressed by zstd with the base bytes they replace as dictionary.
 * **generic**: the whole new file compressed by zstd with the whole base as a raw-content dictionary (what
   ``zstd --patch-from`` does), or plain zstd without a base.
 
@@ -318,6 +319,21 @@ def _choose_tensor_op(new: memoryview, base: memoryview, span: TensorSpan, base_
     return best
 
 
+def _common_prefix(left: bytes, right: bytes, limit: int) -> int:
+    """Length of the common prefix of ``left`` and ``right``, at most ``limit`` (compared in blocks)."""
+    length = 0
+    block = 4096
+    while length < limit:
+        step = min(block, limit - length)
+        if left[length : length + step] == right[length : length + step]:
+            length += step
+            continue
+        if step == 1:
+            break
+        block = max(1, step // 2)
+    return length
+
+
 def _big(spans: list[TensorSpan]) -> list[TensorSpan]:
     return [span for span in spans if span.length >= MIN_TENSOR_BYTES]
 
@@ -346,7 +362,7 @@ def _plan_model(
     ops: list[_Op] = []
     base_cursor = 0
 
-    def skeleton(start: int, stop: int) -> None:
+    def skeleton(start: int, stop: int, base_stop: int | None) -> None:
         nonlocal base_cursor
         if start >= stop:
             return
@@ -356,14 +372,30 @@ def _plan_model(
         if base is not None and base[base_cursor : base_cursor + len(piece)] == piece:
             ops.append(_Copy(base_cursor, len(piece)))
             base_cursor += len(piece)
-        else:
+            return
+        if base is None or base_stop is None or base_stop < base_cursor:
             ops.append(_Literal(piece))
+            return
+        # A changed gap is usually an edit in the middle of the base's matching gap (a doc string, a new
+        # metadata entry): copy the common prefix and suffix, and send only the middle as a literal. The
+        # literal then holds just the new bytes, which matters when they are all the patch carries.
+        old = base[base_cursor:base_stop]
+        limit = min(len(old), len(piece))
+        prefix = _common_prefix(old, piece, limit)
+        suffix = _common_prefix(old[::-1], piece[::-1], limit - prefix)
+        if prefix:
+            ops.append(_Copy(base_cursor, prefix))
+        if len(piece) - prefix - suffix:
+            ops.append(_Literal(piece[prefix : len(piece) - suffix]))
+        if suffix:
+            ops.append(_Copy(base_stop - suffix, suffix))
+        base_cursor = base_stop
 
     cursor = 0
     for span in new_spans:
-        skeleton(cursor, span.offset)
-        cursor = span.offset + span.length
         match = base_by_name.get(span.name)
+        skeleton(cursor, span.offset, match.offset if match is not None else None)
+        cursor = span.offset + span.length
         if (
             base is not None
             and match is not None
@@ -380,7 +412,7 @@ def _plan_model(
             base_cursor = match.offset + match.length
         else:
             ops.append(_Tensor(TRANSFORM_RAW, span.itemsize, span.length // span.itemsize, None, span.offset))
-    skeleton(cursor, len(new))
+    skeleton(cursor, len(new), len(base) if base is not None else None)
     return _coalesce(ops)
 
 
