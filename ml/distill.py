@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ml.data import DataSplits
 from ml.errors import TrainingError
 from ml.nets import STUDENT_SPEC, ConvNet, NetSpec, build_net
-from ml.train import IndexedLossFn, LossFn, TrainResult, fit, seed_everything
+from ml.train import IndexedLossFn, LossFn, TrainResult, fit_splits, seed_everything
 
 ProgressFn = Callable[[int, dict[str, float]], None]
 
@@ -313,19 +313,8 @@ def distill(
                     t_logits, t_feat = teacher.forward_features(xb)
                 return student_loss(model, xb, yb, t_logits, t_feat)
 
-        result = fit(
-            wrapper,
-            (splits.x_train, splits.y_train),
-            (splits.x_val, splits.y_val),
-            epochs=config.epochs,
-            lr=config.lr,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            patience=config.patience,
-            weight_decay=config.weight_decay,
-            loss_fn=online_loss,
-            indexed_loss_fn=indexed_loss,
-            progress=progress,
+        result = fit_splits(
+            wrapper, splits, config, loss_fn=online_loss, indexed_loss_fn=indexed_loss, progress=progress
         )
     finally:
         teacher.train(was_training)
@@ -358,15 +347,4 @@ def train_label_only(
             f"student ({student.in_channels} channels in, {student.num_classes} out) does not fit the data "
             f"({splits.input_shape[0]} channels, {splits.num_classes} classes)"
         )
-    return fit(
-        student,
-        (splits.x_train, splits.y_train),
-        (splits.x_val, splits.y_val),
-        epochs=config.epochs,
-        lr=config.lr,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        patience=config.patience,
-        weight_decay=config.weight_decay,
-        progress=progress,
-    )
+    return fit_splits(student, splits, config, progress=progress)

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ml.errors import TrainingError
+
+if TYPE_CHECKING:
+    from ml.data import DataSplits
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 """``loss_fn(model, xb, yb) -> scalar loss``; the default is cross-entropy of ``model(xb)``."""
@@ -363,3 +366,50 @@ def _num_outputs(model: nn.Module, probe: Tensor) -> int:
     if not isinstance(out, Tensor) or out.ndim != 2:
         raise TrainingError("the model must return an N×K tensor of logits")
     return int(out.shape[1])
+
+
+class TrainSettings(Protocol):
+    """Optimiser settings as ``ml.config.TrainConfig`` and ``ml.distill.DistillConfig`` both carry them."""
+
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def patience(self) -> int: ...
+    @property
+    def weight_decay(self) -> float: ...
+
+
+def fit_splits(
+    model: nn.Module,
+    splits: DataSplits,
+    settings: TrainSettings,
+    *,
+    loss_fn: LossFn | None = None,
+    indexed_loss_fn: IndexedLossFn | None = None,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """:func:`fit` on a data set's train and validation splits with one settings object.
+
+    Raises:
+        TrainingError: See :func:`fit`.
+    """
+    return fit(
+        model,
+        (splits.x_train, splits.y_train),
+        (splits.x_val, splits.y_val),
+        epochs=settings.epochs,
+        lr=settings.lr,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        patience=settings.patience,
+        weight_decay=settings.weight_decay,
+        loss_fn=loss_fn,
+        indexed_loss_fn=indexed_loss_fn,
+        progress=progress,
+    )

@@ -28,7 +28,7 @@ from ml.nets import ConvNet
 from ml.prune import prune_report, prune_structured, prune_unstructured
 from ml.quantize import export_qat, prepare_qat, quantize_dynamic_int8, quantize_static_int8
 from ml.report import write_atomic
-from ml.train import fit
+from ml.train import fit_splits
 
 MANIFEST = "variants.json"
 Log = Callable[[str], None]
@@ -62,17 +62,7 @@ class VariantManifest:
 
 def _fine_tuner(splits: DataSplits, config: TrainConfig) -> Callable[[nn.Module], object]:
     def fine_tune(model: nn.Module) -> object:
-        return fit(
-            model,
-            (splits.x_train, splits.y_train),
-            (splits.x_val, splits.y_val),
-            epochs=config.epochs,
-            lr=config.lr,
-            batch_size=config.batch_size,
-            patience=config.patience,
-            seed=config.seed,
-            weight_decay=config.weight_decay,
-        )
+        return fit_splits(model, splits, config)
 
     return fine_tune
 

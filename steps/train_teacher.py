@@ -11,7 +11,7 @@ from zenml import log_metadata, step
 from ml.config import TrainConfig
 from ml.data import DataSplits
 from ml.nets import build_net, count_macs, count_parameters, specs_for_input
-from ml.train import accuracy, fit, seed_everything
+from ml.train import accuracy, fit_splits, seed_everything
 from steps.progress import epoch_progress
 
 
@@ -25,18 +25,7 @@ def train_teacher(
     teacher_spec, _ = specs_for_input(splits.input_shape)
     teacher = build_net(teacher_spec, in_channels=splits.input_shape[0], num_classes=splits.num_classes)
     with epoch_progress("teacher", config.epochs) as progress:
-        result = fit(
-            teacher,
-            (splits.x_train, splits.y_train),
-            (splits.x_val, splits.y_val),
-            epochs=config.epochs,
-            lr=config.lr,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            patience=config.patience,
-            weight_decay=config.weight_decay,
-            progress=progress,
-        )
+        result = fit_splits(teacher, splits, config, progress=progress)
     metrics = {
         "test_accuracy": accuracy(teacher, splits.x_test, splits.y_test),
         "best_val_accuracy": result.best_val_accuracy,
