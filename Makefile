@@ -11,6 +11,8 @@ BIN := $(VENV)/bin
 STATE ?= $(CURDIR)/.edgefleet
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
+RELEASE_CONFIG ?= configs/release.yaml
+DEVICES ?= 50
 
 # ZenML keeps its config (stacks, local store) here instead of the user's home folder.
 export ZENML_CONFIG_PATH := $(STATE)/zenml
@@ -20,7 +22,7 @@ export ZENML_LOGGING_COLORS_DISABLED := true
 export EDGEFLEET_HOME := $(STATE)
 export AUTO_OPEN_DASHBOARD := false
 
-.PHONY: setup run test lint typecheck contracts unit integration e2e bench bench-tools clean
+.PHONY: setup run train test lint typecheck contracts unit integration e2e bench bench-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +33,13 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	$(BIN)/edgefleet stack init
 
+# The full demo: training pipeline, promotion, OTA server, release pipeline, a fleet through staged rollouts,
+# a second version as deltas, a broken third version aborted and rolled back, then the summary.
 run: setup
+	$(BIN)/python -m pipelines.demo $(CONFIG) $(RELEASE_CONFIG) $(DEVICES)
+
+# Only the training pipeline and its summary (what the demo starts with).
+train: setup
 	$(BIN)/zenml pipeline run pipelines.training.training_pipeline -c $(CONFIG)
 	$(BIN)/edgefleet pipeline summary
 

@@ -20,6 +20,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "stack": ("pipelines.cli:stack_app", "Register and activate the ZenML stack (local or remote MLflow)."),
     "pipeline": ("pipelines.cli:pipeline_app", "Summarise training pipeline runs (variants, versions)."),
     "models": ("registry.cli:models_app", "List, compare, promote and roll back model versions."),
+    "trace": ("registry.trace_cli:trace", "Trace a device's model back to its data, code and teacher."),
     "delta": ("ota.core.cli:delta_app", "Make, apply and inspect model-aware delta patches."),
     "server": ("ota.server.cli:server_app", "Run and migrate the OTA server."),
     "keys": ("ota.server.cli:keys_app", "Create and rotate the TUF and director keys."),

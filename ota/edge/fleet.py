@@ -311,6 +311,29 @@ def _apply(summary: FleetSummary, event: dict[str, Any]) -> None:
         status.attacks += 1
 
 
+TICK_S = 0.2
+"""How often the fleet loop checks its deadline, stop condition and progress display."""
+
+
+def drain_events(events: Any, summary: FleetSummary, *, until: float) -> int:
+    """Apply queued events to ``summary`` until the queue is empty or the monotonic time ``until``.
+
+    A busy fleet never leaves the queue empty for long, so draining "until empty" could run forever and
+    starve the deadline and stop checks; the time bound keeps the loop ticking.
+
+    Returns:
+        How many events were applied.
+    """
+    applied = 0
+    try:
+        while (left := until - time.monotonic()) > 0:
+            _apply(summary, events.get(timeout=left))
+            applied += 1
+    except queue.Empty:
+        pass
+    return applied
+
+
 def simulate_fleet(
     options: FleetOptions,
     *,
@@ -349,11 +372,7 @@ def simulate_fleet(
     try:
         with progress_cm if progress_cm is not None else _NullContext():
             while time.monotonic() < deadline:
-                try:
-                    while True:
-                        _apply(summary, events.get(timeout=0.2))
-                except queue.Empty:
-                    pass
+                drain_events(events, summary, until=min(time.monotonic() + TICK_S, deadline))
                 if progress_cm is not None:
                     progress_cm.refresh()
                 if on_tick is not None:

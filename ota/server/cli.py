@@ -7,7 +7,6 @@ Errors from the server's typed error tree become one red line and exit code 1.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -212,6 +211,12 @@ def release_publish(
     version: Annotated[str, typer.Option()],
     profile: Annotated[str, typer.Option()],
     source_uri: Annotated[str | None, typer.Option(help="MLflow model URI it came from.")] = None,
+    selftest: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, readable=True, help="Self-test vectors (.npz) to ship."),
+    ] = None,
+    mlflow_run_id: Annotated[str | None, typer.Option(help="MLflow run that trained it.")] = None,
+    data_fingerprint: Annotated[str | None, typer.Option(help="Training data fingerprint.")] = None,
 ) -> None:
     """Publish an artifact as a signed release (idempotent) and build deltas from earlier releases."""
     from ota.server.releases import publish_release
@@ -228,10 +233,15 @@ def release_publish(
             profile=profile,
             source_uri=source_uri,
             delta_base_count=ctx.settings.delta_base_count,
+            selftest=selftest,
+            mlflow_run_id=mlflow_run_id,
+            data_fingerprint=data_fingerprint,
         )
         ctx.close()
     word = "published" if result.created else "already published"
     console.print(f"{word} {result.release.id} ({result.release.target_name}, {len(result.deltas)} delta(s))")
+    if result.release.selftest_target:
+        console.print(f"self-test vectors: {result.release.selftest_target}")
 
 
 @release_app.command("list")
@@ -319,36 +329,11 @@ for _event in ("pause", "resume", "abort", "rollback", "advance"):
     rollout_app.command(_event)(_command(_event))
 
 
-@rollout_app.command("status")
-def rollout_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show rollouts with their phase and counters."""
-    from sqlalchemy import select
+def _mount_status() -> None:
+    """Mount ``rollout status [ID] [--watch]`` from ``ota.server.status_cli``."""
+    from ota.server.status_cli import status
 
-    from ota.server.models import Rollout
-    from ota.server.rollouts import counters
+    rollout_app.command("status")(status)
 
-    with _errors():
-        ctx = _context()
-        rows = []
-        with ctx.sessions() as session:
-            for r in session.scalars(select(Rollout).order_by(Rollout.created_at)):
-                c = counters(session, r.id)
-                rows.append(
-                    {
-                        "id": r.id,
-                        "release": r.release_id,
-                        "state": r.state,
-                        "phase": r.phases[r.phase_index]["percent"],
-                        "succeeded": c.succeeded,
-                        "failed": c.failed,
-                        "in_progress": c.in_progress,
-                    }
-                )
-        ctx.close()
-    if as_json:
-        typer.echo(json.dumps(rows, indent=1))
-        return
-    table = Table(*(rows[0].keys() if rows else ["id"]))
-    for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
-    console.print(table)
+
+_mount_status()

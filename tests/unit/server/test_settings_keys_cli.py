@@ -88,7 +88,7 @@ def test_cli_publish_and_rollout(cli_env: Path) -> None:
     ctx.close()
     assert "started ro-" in invoke(rollout_app, "start", "--release", release_id, "--phases", "10,100")
     status = json.loads(invoke(rollout_app, "status", "--json"))
-    assert status[0]["phase"] == 10 and status[0]["state"] == "running"
+    assert status[0]["phases"][status[0]["phase_index"]] == 10 and status[0]["state"] == "running"
     rollout_id = status[0]["id"]
     assert "paused" in invoke(rollout_app, "pause", rollout_id)
     result = CliRunner().invoke(typer.main.get_command(rollout_app), ["pause", rollout_id])

@@ -1,0 +1,783 @@
+"""The full ``make run`` demo on embedded defaults: train → promote → OTA server → release → fleet → second
+version with deltas → broken third version auto-aborted → summary read back from the stores.
+
+Run it with ``python -m pipelines.demo`` (``make run``); ``tests/e2e`` runs a reduced one through
+:func:`run_demo`. Orchestration only: training and release are the ZenML pipelines, promotion is
+``registry.promotion``, the server is ``edgefleet server run`` in a child process (SQLite and a local
+folder under ``$EDGEFLEET_HOME/ota``, stopped in a ``finally``), the fleet is ``ota.edge.fleet``.
+
+The second version is the training pipeline again on a re-drawn split of the data (``data.seed`` + 1),
+so it has new training data and new weights with the same architecture, which is what makes deltas pay.
+The third version is the second one with a slow side branch grafted onto its graph (a chain of large
+MatMuls multiplied by zero): identical logits, so it sails through the registry's gates and the
+release pipeline's self-test vectors, but its latency blows the device's health-check budget. Devices
+roll it back and the server's abort rule stops the rollout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import yaml
+from onnx import helper, numpy_helper
+from rich.console import Console
+from rich.rule import Rule
+from rich.table import Table
+
+from pipelines.paths import configure_environment, edgefleet_home
+
+configure_environment()
+
+from ota.edge.fleet import FleetOptions, FleetSummary, simulate_fleet  # noqa: E402
+from ota.server.status_cli import RolloutReport, render_report, rollout_report  # noqa: E402
+from registry.errors import PromotionRefusedError, RegistryError  # noqa: E402
+from registry.fetch import VersionFacts, fetch_model, version_facts  # noqa: E402
+from registry.lineage import Lineage  # noqa: E402
+from registry.promotion import PRODUCTION_ALIAS, promote, rollback  # noqa: E402
+from registry.store import client_for, register_variant, version_metrics  # noqa: E402
+from registry.trace import (  # noqa: E402
+    OPERATOR_TOKEN_ENV,
+    SERVER_URL_ENV,
+    OtaApi,
+    TraceChain,
+    render_trace,
+    trace_device,
+)
+
+console = Console()
+REPO = Path(__file__).resolve().parents[1]
+TERMINAL_STATES = frozenset({"completed", "aborted", "rolled-back"})
+BROKEN_REASON = "demo: deliberately broken third version (slow graph) to show the fleet-side abort"
+
+
+class DemoError(RuntimeError):
+    """A demo phase did not reach its goal (server did not start, fleet did not converge, ...)."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What the demo runs.
+
+    Attributes:
+        training_config: YAML of the training pipeline (first version; the second re-draws its split).
+        release_config: YAML of the release pipeline (model name is taken from the training config).
+        devices: Simulated agents.
+        processes: Worker processes of the fleet simulator.
+        poll_interval_s: Agent poll period. Not below ~3 s for 50 agents: ``simulate_fleet`` drains its
+            event queue until 0.2 s pass without an event, so a busier fleet never lets it check its
+            stop condition or deadline (reported upstream to the edge worker).
+        phase_timeout_s: Longest wait for one rollout to settle.
+        slow_matmuls: Size of the broken version's slow branch (MatMuls of 1024×1024).
+        retrain_epoch_fraction: The second version trains this share of the first one's epochs.
+    """
+
+    training_config: Path = REPO / "configs" / "default.yaml"
+    release_config: Path = REPO / "configs" / "release.yaml"
+    devices: int = 50
+    processes: int = 2
+    poll_interval_s: float = 3.0
+    phase_timeout_s: float = 240.0
+    slow_matmuls: int = 48
+    retrain_epoch_fraction: float = 0.34
+
+
+@dataclass
+class RolloutRun:
+    """One rollout the demo drove, with what the fleet and the server said about it."""
+
+    label: str
+    version: str
+    rollout_id: str
+    fleet: FleetSummary
+    report: RolloutReport | None = None
+
+
+@dataclass
+class DemoSummary:
+    """Everything the demo's closing summary prints, read back from the stores."""
+
+    model_name: str
+    profile: str
+    versions: dict[str, str] = field(default_factory=dict)  # label → MLflow version
+    rollouts: list[RolloutRun] = field(default_factory=list)
+    device_versions: dict[str, str] = field(default_factory=dict)  # device → MLflow version (server view)
+    trace: TraceChain | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
+    server_home: Path = Path()
+
+    def per_version(self) -> Counter[str]:
+        """How many devices run each version, per the OTA server."""
+        return Counter(self.device_versions.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as JSON-able data (written to ``$EDGEFLEET_HOME/demo/summary.json``)."""
+        return {
+            "model_name": self.model_name,
+            "profile": self.profile,
+            "versions": self.versions,
+            "aliases": self.aliases,
+            "devices_per_version": dict(self.per_version()),
+            "device_versions": self.device_versions,
+            "rollouts": [
+                {
+                    "label": run.label,
+                    "version": run.version,
+                    "rollout_id": run.rollout_id,
+                    "fleet": run.fleet.totals(),
+                    "report": None if run.report is None else run.report.to_json(),
+                }
+                for run in self.rollouts
+            ],
+            "trace": None if self.trace is None else self.trace.as_dict(),
+            "server_home": str(self.server_home),
+        }
+
+
+# ---- configs -------------------------------------------------------------------------------------------
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a pipeline YAML file.
+
+    Raises:
+        DemoError: Missing file or not a mapping.
+    """
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise DemoError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DemoError(f"{path} is not a YAML mapping")
+    return data
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = _merge(merged.get(key) or {}, value) if isinstance(value, dict) else value
+    return merged
+
+
+def write_yaml(data: dict[str, Any], folder: Path, name: str) -> Path:
+    """Write a derived config beside the demo state (atomically) and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as handle:
+        yaml.safe_dump(data, handle, sort_keys=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    Path(handle.name).replace(path)
+    return path
+
+
+def _shorter(section: Any, fraction: float) -> Any:
+    if not isinstance(section, dict):
+        return section
+    shortened = {key: _shorter(value, fraction) for key, value in section.items()}
+    if isinstance(shortened.get("epochs"), int):
+        shortened["epochs"] = max(1, round(shortened["epochs"] * fraction))
+        if isinstance(shortened.get("patience"), int):
+            shortened["patience"] = min(shortened["patience"], shortened["epochs"])
+    return shortened
+
+
+def retrain_config(training: dict[str, Any], epoch_fraction: float) -> dict[str, Any]:
+    """The second version's training YAML: a re-drawn data split (new data), fewer epochs, no ablation."""
+    params = training["parameters"]["config"]
+    data = dict(params.get("data") or {})
+    data["seed"] = int(data.get("seed", 0)) + 1
+    changed = _merge(_shorter(params, epoch_fraction), {"data": data, "student": {"ablation": False}})
+    return {**training, "parameters": {"config": changed}}
+
+
+# ---- pipelines -----------------------------------------------------------------------------------------
+
+
+def run_training(config_path: Path) -> None:
+    """Run the training pipeline with ``config_path`` in this process (ZenML shows step progress)."""
+    from pipelines.training import training_pipeline
+
+    training_pipeline.with_options(config_path=str(config_path))()
+
+
+def run_release(config_path: Path) -> None:
+    """Run the release pipeline with ``config_path`` in this process."""
+    from pipelines.release import release_pipeline
+
+    release_pipeline.with_options(config_path=str(config_path))()
+
+
+def promote_candidate(name: str, *, tracking_uri: str, reason: str | None = None) -> str:
+    """Promote ``candidate`` to production; if a check refuses, show the table and force with the reason.
+
+    Returns:
+        The promoted version number.
+
+    Raises:
+        RegistryError: MLflow refused to move the alias.
+    """
+    client = client_for(tracking_uri)
+    try:
+        result = promote(client, name, "candidate", to=PRODUCTION_ALIAS, reason=reason, actor="make-run-demo")
+    except PromotionRefusedError as exc:
+        console.print(f"[yellow]promotion refused[/yellow]\n{exc}")
+        why = reason or "make run demo: shown refused above; promoted anyway so the demo can go on"
+        result = promote(
+            client, name, "candidate", to=PRODUCTION_ALIAS, force=True, reason=why, actor="make-run-demo"
+        )
+    console.print(
+        f"promoted {name} version {result.version} to production"
+        + (f" (was {result.replaced_version})" if result.replaced_version else "")
+        + (" [yellow]forced[/yellow]" if result.forced else "")
+    )
+    return result.version
+
+
+# ---- the broken version --------------------------------------------------------------------------------
+
+
+def make_slow_model(source: Path, destination: Path, *, matmuls: int, size: int = 1024) -> None:
+    """Graft a slow branch onto ``source``: logits + 0·Σ(chain of ``matmuls`` size×size MatMuls of the input).
+
+    The outputs are unchanged (the branch is multiplied by zero at run time, which ONNX Runtime does not
+    fold away because it depends on the input), so only the latency tells the models apart.
+
+    Raises:
+        DemoError: The source has not exactly one input and one output.
+    """
+    model = onnx.load(str(source))
+    graph = model.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise DemoError(f"{source} must have one input and one output to be made slow")
+    x, y = graph.input[0].name, graph.output[0].name
+    renamed = f"{y}__fast"
+    for node in graph.node:
+        node.output[:] = [renamed if out == y else out for out in node.output]
+    weights = np.full((size, size), 1.0 / size, dtype=np.float32)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(weights, "slow_w"),
+            numpy_helper.from_array(np.array([size, size], dtype=np.int64), "slow_shape"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "slow_zero"),
+        ]
+    )
+    nodes = [
+        helper.make_node("ReduceSum", [x], ["slow_s"], keepdims=0),
+        helper.make_node("Expand", ["slow_s", "slow_shape"], ["slow_m0"]),
+    ]
+    for index in range(matmuls):
+        nodes.append(helper.make_node("MatMul", [f"slow_m{index}", "slow_w"], [f"slow_m{index + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"slow_m{matmuls}"], ["slow_total"], keepdims=0),
+        helper.make_node("Mul", ["slow_total", "slow_zero"], ["slow_nothing"]),
+        helper.make_node("Add", [renamed, "slow_nothing"], [y]),
+    ]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # shapes of renamed tensors are re-inferred by ORT
+    onnx.checker.check_model(model)
+    staged = destination.with_suffix(".part")
+    onnx.save(model, str(staged))
+    staged.replace(destination)
+
+
+def register_broken(name: str, base: VersionFacts, *, tracking_uri: str, work: Path, matmuls: int) -> str:
+    """Register a slow copy of ``base`` as a new version (alias candidate), with ``base``'s metrics.
+
+    Returns:
+        The new version number.
+
+    Raises:
+        RegistryError: MLflow refused, or the base artifact cannot be fetched.
+    """
+    fetched = fetch_model(name, base.version, work, tracking_uri=tracking_uri)
+    broken = work / f"{name}-broken.onnx"
+    make_slow_model(fetched.onnx_path, broken, matmuls=matmuls)
+    lineage = Lineage(
+        git_commit=base.lineage.get("git_commit", "unknown"),
+        git_dirty=base.lineage.get("git_dirty", "true") == "true",
+        data_fingerprint=base.data_fingerprint,
+        config_hash=base.lineage.get("config_hash", "unknown"),
+        pipeline_run_id="make-run-demo-broken",
+        teacher_model_id=base.lineage.get("teacher_model_id", ""),
+    )
+    client = client_for(tracking_uri)
+    metrics = version_metrics(client.get_model_version(name, base.version))
+    gates = {
+        k.removeprefix("edgefleet.gate."): float(v)
+        for k, v in base.tags.items()
+        if k.startswith("edgefleet.gate.")
+    }
+    registered = register_variant(
+        model_name=name,
+        profile=base.profile,
+        variant=f"{base.tags.get('edgefleet.variant', 'variant')}-broken",
+        onnx_path=broken,
+        parent_path=fetched.onnx_path,
+        metrics=metrics,
+        params={"variant": "broken", "broken_reason": BROKEN_REASON},
+        lineage=lineage,
+        gates=gates,
+        experiment_name="edgefleet-training",
+    )
+    return registered.version
+
+
+# ---- the OTA server ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """The demo's OTA server: URL, state folder and tokens."""
+
+    url: str
+    home: Path
+    operator_token: str
+    provisioning_token: str
+
+
+def server_environment(home: Path, port: int) -> dict[str, str]:
+    """Settings for a demo server: state under ``home``, fast rollout ticks, no poll jitter."""
+    return {
+        "EDGEFLEET_HOME": str(home),
+        "EDGEFLEET_PORT": str(port),
+        "EDGEFLEET_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "EDGEFLEET_POLL_INTERVAL": "1",
+        "EDGEFLEET_POLL_JITTER": "0",
+        "EDGEFLEET_ROLLOUT_TICK_INTERVAL": "0.5",
+        "EDGEFLEET_CACHE_REFRESH_INTERVAL": "0.2",
+    }
+
+
+def create_tokens(home: Path) -> tuple[str, str]:
+    """Migrate the server's database and create an operator (admin) and an auto-accept provisioning token.
+
+    Raises:
+        ServerError: The database or key folder cannot be prepared.
+    """
+    from ota.server.auth import create_operator_token, create_provisioning_token
+    from ota.server.context import build_context
+    from ota.server.db import transaction
+    from ota.server.settings import load_settings
+
+    ctx = build_context(load_settings(home=home), migrate=True)
+    try:
+        with transaction(ctx.sessions) as session:
+            _row, operator = create_operator_token(session, name="make-run-demo", scopes=["admin"])
+            _prow, provisioning = create_provisioning_token(session, name="make-run-demo", auto_accept=True)
+    finally:
+        ctx.close()
+    return operator, provisioning
+
+
+@contextmanager
+def ota_server(home: Path, *, fresh: bool = True) -> Iterator[RunningServer]:
+    """Start ``edgefleet server run`` in a child process; stop it (its whole process group) on exit.
+
+    Args:
+        home: The server's state folder.
+        fresh: Delete the folder first (the demo's server starts from nothing; the folder holds only
+            demo state). False reopens an earlier demo's server, e.g. to trace its devices.
+
+    Raises:
+        DemoError: The server did not answer within 60 s.
+    """
+    if fresh and home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, **server_environment(home, port)}
+    operator, provisioning = create_tokens(home)
+    log = (home / "server.log").open("ab")
+    executable = Path(sys.executable).with_name("edgefleet")
+    command = (
+        [str(executable)]
+        if executable.exists()
+        else [sys.executable, "-c", "from ota.cli import main; main()"]
+    )
+    process = subprocess.Popen(
+        [*command, "server", "run", "--port", str(port), "--host", "127.0.0.1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so stopping it stops uvicorn's children too
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, process, home / "server.log")
+        console.print(f"OTA server up at {url} (state in {home}, log {home / 'server.log'})")
+        yield RunningServer(url=url, home=home, operator_token=operator, provisioning_token=provisioning)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        log.close()
+        console.print("OTA server stopped")
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DemoError(f"the OTA server exited with {process.returncode}; see {log}")
+        try:
+            if httpx.get(f"{url}/v1/tuf/1.root.json", timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise DemoError(f"the OTA server did not answer within 60 s; see {log}")
+
+
+# ---- fleet phases --------------------------------------------------------------------------------------
+
+
+def _throttled(check: Callable[[], bool], every_s: float = 0.5) -> Callable[[FleetSummary], bool]:
+    last = [0.0]
+    verdict = [False]
+
+    def until(_summary: FleetSummary) -> bool:
+        now = time.monotonic()
+        if now - last[0] >= every_s:
+            last[0] = now
+            verdict[0] = check()
+        return verdict[0]
+
+    return until
+
+
+def drive_fleet(
+    server: RunningServer,
+    options: DemoOptions,
+    *,
+    profile: str,
+    fleet_dir: Path,
+    rollout_id: str,
+    expect_version: str,
+) -> FleetSummary:
+    """Run the fleet until the rollout is final and every device reports ``expect_version`` to the server.
+
+    Raises:
+        DemoError: The rollout did not settle within ``phase_timeout_s``.
+    """
+    api = OtaApi(base_url=server.url, token=server.operator_token)
+    sha_of_version: dict[str, str] = {}
+
+    def settled() -> bool:
+        rollout = api.rollout(rollout_id)
+        if rollout["state"] not in TERMINAL_STATES:
+            return False
+        if not sha_of_version:
+            for release in api.releases():
+                sha_of_version.setdefault(str(release["version"]), str(release["sha256"]))
+        wanted = sha_of_version.get(expect_version)
+        devices = api.devices()
+        return len(devices) == options.devices and all(d.get("current_sha256") == wanted for d in devices)
+
+    try:
+        summary = simulate_fleet(
+            FleetOptions(
+                server=server.url,
+                devices=options.devices,
+                provisioning_token=server.provisioning_token,
+                processes=options.processes,
+                duration_s=options.phase_timeout_s,
+                poll_interval_s=options.poll_interval_s,
+                work_dir=fleet_dir,
+                profile=profile,
+                show_progress=True,
+            ),
+            until=_throttled(settled),
+        )
+        done = settled()
+    finally:
+        api.close()
+    if not done:
+        raise DemoError(
+            f"rollout {rollout_id} did not settle on version {expect_version} in {options.phase_timeout_s} s"
+        )
+    return summary
+
+
+def latest_rollout_id(server: RunningServer, release_version: str) -> str:
+    """The newest rollout whose release has MLflow version ``release_version``.
+
+    Raises:
+        DemoError: None found (the release pipeline did not start one).
+    """
+    with OtaApi(base_url=server.url, token=server.operator_token) as api:
+        versions = {r["id"]: str(r["version"]) for r in api.releases()}
+        for rollout in api.rollouts():
+            if versions.get(rollout["release_id"]) == release_version:
+                return str(rollout["id"])
+    raise DemoError(f"no rollout of version {release_version} on the server")
+
+
+# ---- the demo ------------------------------------------------------------------------------------------
+
+
+def run_demo(options: DemoOptions) -> DemoSummary:
+    """Run every phase of the demo and return the summary read back from the stores.
+
+    Raises:
+        DemoError: A phase did not reach its goal.
+        RegistryError: MLflow refused a promotion or registration.
+    """
+    from pipelines.stack import ensure_stack
+
+    # ZenML turns the root logger to INFO; every poll of the fleet's stop condition would print a line.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    started = time.monotonic()
+    home = edgefleet_home()
+    work = home / "demo"
+    work.mkdir(parents=True, exist_ok=True)
+    training = load_yaml(options.training_config)
+    release = load_yaml(options.release_config)
+    model_name_base = training["parameters"]["config"]["model_name"]
+    release["parameters"]["config"]["model_name"] = model_name_base
+    profile = release["parameters"]["config"].get("profiles", ["cpu-int8-small"])[0]
+    release["parameters"]["config"]["profiles"] = [profile]
+    name = f"{model_name_base}-{profile}"
+    release_path = write_yaml(release, work, "release.yaml")
+    tracking_uri = ensure_stack().tracking_uri
+    summary = DemoSummary(model_name=name, profile=profile, server_home=home / "ota")
+    fleet_dir = home / "fleet"
+    if fleet_dir.exists():
+        shutil.rmtree(fleet_dir)  # devices start empty, like the fresh server they enrol with
+
+    _stage("1/8 training pipeline (first version)")
+    run_training(options.training_config)
+    _stage("2/8 promote the candidate")
+    summary.versions["v1"] = promote_candidate(name, tracking_uri=tracking_uri)
+
+    _stage("3/8 start the OTA server")
+    with ota_server(home / "ota") as server:
+        os.environ[SERVER_URL_ENV] = server.url
+        os.environ[OPERATOR_TOKEN_ENV] = server.operator_token
+        try:
+            _stage("4/8 release pipeline + staged rollout of the first version")
+            run_release(release_path)
+            rollout = latest_rollout_id(server, summary.versions["v1"])
+            fleet = drive_fleet(
+                server,
+                options,
+                profile=profile,
+                fleet_dir=fleet_dir,
+                rollout_id=rollout,
+                expect_version=summary.versions["v1"],
+            )
+            summary.rollouts.append(RolloutRun("first", summary.versions["v1"], rollout, fleet))
+
+            _stage("5/8 train a second version on new data")
+            retrained = retrain_config(training, options.retrain_epoch_fraction)
+            retrain = write_yaml(retrained, work, "retrain.yaml")
+            run_training(retrain)
+            _stage("6/8 promote and roll out the second version (devices take deltas)")
+            summary.versions["v2"] = promote_candidate(name, tracking_uri=tracking_uri)
+            if summary.versions["v2"] == summary.versions["v1"]:
+                raise DemoError("the retrained model is byte-identical to the first one; nothing to roll out")
+            run_release(release_path)
+            rollout = latest_rollout_id(server, summary.versions["v2"])
+            fleet = drive_fleet(
+                server,
+                options,
+                profile=profile,
+                fleet_dir=fleet_dir,
+                rollout_id=rollout,
+                expect_version=summary.versions["v2"],
+            )
+            summary.rollouts.append(RolloutRun("second", summary.versions["v2"], rollout, fleet))
+
+            _stage("7/8 roll out a deliberately broken third version")
+            base = version_facts(name, summary.versions["v2"], tracking_uri=tracking_uri)
+            summary.versions["v3"] = register_broken(
+                name, base, tracking_uri=tracking_uri, work=work / "broken", matmuls=options.slow_matmuls
+            )
+            promote_candidate(name, tracking_uri=tracking_uri, reason=BROKEN_REASON)
+            run_release(release_path)
+            rollout = latest_rollout_id(server, summary.versions["v3"])
+            fleet = drive_fleet(
+                server,
+                options,
+                profile=profile,
+                fleet_dir=fleet_dir,
+                rollout_id=rollout,
+                expect_version=summary.versions["v2"],
+            )
+            summary.rollouts.append(RolloutRun("broken", summary.versions["v3"], rollout, fleet))
+            restored = rollback(
+                client_for(tracking_uri),
+                name,
+                reason=f"OTA rollout {rollout} auto-aborted",
+                actor="make-run-demo",
+            )
+            console.print(
+                f"registry: production moved back from {restored.demoted_version} "
+                f"to {restored.restored_version}"
+            )
+
+            _stage("8/8 summary (read back from the OTA server and MLflow)")
+            collect(summary, server, tracking_uri=tracking_uri)
+            write_json(summary.to_json(), work / "summary.json")
+        finally:
+            os.environ.pop(OPERATOR_TOKEN_ENV, None)
+            os.environ.pop(SERVER_URL_ENV, None)
+    print_summary(summary, elapsed_s=time.monotonic() - started)
+    return summary
+
+
+def collect(summary: DemoSummary, server: RunningServer, *, tracking_uri: str) -> None:
+    """Fill the summary from the stores: devices' versions, rollout reports, a trace, the aliases.
+
+    Raises:
+        OtaApiError: The server refused.
+        TraceError: The traced device's chain is broken.
+    """
+    from ota.server.context import build_context
+    from ota.server.settings import load_settings
+
+    with OtaApi(base_url=server.url, token=server.operator_token) as api:
+        version_of_sha = {str(r["sha256"]): str(r["version"]) for r in api.releases()}
+        devices = sorted(api.devices(), key=lambda d: str(d["id"]))
+        summary.device_versions = {
+            str(d["id"]): version_of_sha.get(str(d.get("current_sha256")), "-") for d in devices
+        }
+        if devices:
+            summary.trace = trace_device(str(devices[0]["id"]), api=api, tracking_uri=tracking_uri)
+    ctx = build_context(load_settings(home=server.home))
+    try:
+        with ctx.sessions() as session:
+            for run in summary.rollouts:
+                run.report = rollout_report(session, run.rollout_id)
+    finally:
+        ctx.close()
+    from registry.store import model_aliases
+
+    summary.aliases = model_aliases(client_for(tracking_uri), summary.model_name)
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    """Write ``data`` as JSON atomically (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        json.dump(data, handle, indent=1, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    Path(handle.name).replace(path)
+
+
+def print_summary(summary: DemoSummary, *, elapsed_s: float) -> None:
+    """Print the closing summary: versions per device, timelines, bytes, the abort, one trace."""
+    console.print(Rule(f"EdgeFleet demo summary ({elapsed_s / 60:.1f} min)"))
+    console.print(f"model {summary.model_name}: versions {summary.versions}; aliases now {summary.aliases}")
+    per_version = Table("MLflow version", "devices", title="Versions per device (OTA server)")
+    for version, count in sorted(summary.per_version().items()):
+        per_version.add_row(version, str(count))
+    console.print(per_version)
+    bytes_table = Table(
+        "rollout",
+        "version",
+        "state",
+        "delta installs",
+        "full installs",
+        "bytes downloaded",
+        "full-only bytes",
+        "saved",
+        title="Bytes as delta vs full (server status reports)",
+    )
+    for run in summary.rollouts:
+        report = run.report
+        if report is None:
+            continue
+        downloaded = report.delta_bytes + report.full_bytes
+        saved = 1 - downloaded / report.full_equivalent_bytes if report.full_equivalent_bytes else 0.0
+        bytes_table.add_row(
+            run.label,
+            run.version,
+            report.state,
+            str(report.delta_installs),
+            str(report.full_installs),
+            f"{downloaded:,}",
+            f"{report.full_equivalent_bytes:,}",
+            f"{saved:.1%}",
+        )
+    console.print(bytes_table)
+    for run in summary.rollouts:
+        if run.report is not None:
+            console.print(Rule(f"rollout timeline: {run.label} (version {run.version})", style="dim"))
+            console.print(render_report(run.report))
+    aborted = [
+        r for r in summary.rollouts if r.report is not None and r.report.state in {"aborted", "rolled-back"}
+    ]
+    for run in aborted:
+        assert run.report is not None
+        console.print(
+            f"[red]abort event[/red]: rollout {run.rollout_id} of version {run.version}: {run.report.reason}"
+        )
+    if summary.trace is not None:
+        console.print(Rule("trace of one device", style="dim"))
+        for line in render_trace(summary.trace):
+            console.print(line, highlight=False, markup=False)
+    console.print(
+        f"inspect: EDGEFLEET_HOME={summary.server_home} edgefleet rollout status; "
+        f"edgefleet models list {summary.model_name}"
+    )
+
+
+def _stage(title: str) -> None:
+    console.print(Rule(f"[bold]{title}[/bold]"))
+
+
+def main() -> None:
+    """``python -m pipelines.demo [TRAINING_YAML [RELEASE_YAML [DEVICES]]]``: the ``make run`` demo."""
+    args = sys.argv[1:]
+    options = DemoOptions()
+    if args:
+        options = DemoOptions(
+            training_config=Path(args[0]),
+            release_config=Path(args[1]) if len(args) > 1 else options.release_config,
+            devices=int(args[2]) if len(args) > 2 else options.devices,
+        )
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # so the finally blocks stop the OTA server on `kill` too
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        run_demo(options)
+    except (DemoError, RegistryError) as exc:
+        console.print(f"[red]demo failed:[/red] {exc}")
+        raise SystemExit(1) from exc
+
+
+if __name__ == "__main__":
+    main()
