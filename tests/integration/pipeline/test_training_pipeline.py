@@ -147,7 +147,7 @@ def test_make_run_command_path_reuses_the_cache_and_registers_no_duplicate(
     client: MlflowClient = project["client"]  # type: ignore[assignment]
     before = {(v.name, v.version) for v in client.search_model_versions()}
     make = _run(
-        ["make", "run", "CONFIG=configs/ci.yaml", f"STATE={project['home']}"],
+        ["make", "train", "CONFIG=configs/ci.yaml", f"STATE={project['home']}"],
         project["env"],  # type: ignore[arg-type]
     )
     assert make.returncode == 0, (make.stdout + make.stderr)[-4000:]
