@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every epoch budget")
-    parser.add_argument("--calibration", default="minmax", choices=["minmax", "entropy", "percentile"])
+    parser.add_argument("--calibration", default="MinMax", choices=["MinMax", "Entropy", "Percentile"])
     parser.add_argument("--data", default="digits", help="digits, synthetic-glyphs, a folder or an .npz")
     parser.add_argument("--out", type=Path, default=None, help="keep the ONNX files here")
     args = parser.parse_args()
