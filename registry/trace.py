@@ -6,8 +6,9 @@ data fingerprint, git commit, config hash and teacher model. Every link is read 
 every call; nothing is cached. ``registry.trace_cli`` renders it.
 
 A release records where it came from in its ``source_uri`` (signed into the TUF target's custom fields):
-``models:/NAME/VERSION?run_id=RUN&data_fingerprint=FP``. The server has one ``source_uri`` field today,
-so run id and fingerprint ride in its query string; :func:`parse_source_uri` reads it back.
+``models:/NAME/VERSION?run_id=RUN&data_fingerprint=FP``. Since the server's migration 0002 a release
+also has proper ``mlflow_run_id`` and ``data_fingerprint`` fields, which the trace prefers; the query
+string stays for releases published before (and :func:`parse_source_uri` reads it back).
 
 Errors::
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
@@ -108,18 +109,56 @@ class OtaApi:
         except ValueError as exc:
             raise OtaApiError(f"{method} {path} answered non-JSON: {answer.text[:200]!r}") from exc
 
+    def upload_selftest(self, vectors: bytes) -> dict[str, Any]:
+        """``PUT /v1/releases/selftest``: stage self-test vectors (idempotent); returns sha256 and length.
+
+        Raises:
+            OtaApiError: The server refused (empty, not an .npz, missing scope) or is unreachable.
+        """
+        result: dict[str, Any] = self._call(
+            "PUT",
+            "/v1/releases/selftest",
+            content=vectors,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        return result
+
     def publish_release(
-        self, artifact: bytes, *, model: str, version: str, profile: str, source_uri: str
+        self,
+        artifact: bytes,
+        *,
+        model: str,
+        version: str,
+        profile: str,
+        source_uri: str,
+        selftest: bytes | None = None,
+        mlflow_run_id: str | None = None,
+        data_fingerprint: str | None = None,
     ) -> dict[str, Any]:
         """``PUT /v1/releases``: publish artifact bytes (idempotent); returns release, created, deltas.
+
+        With ``selftest`` the vectors are staged first and attached by their sha256, so the server signs
+        the model target and its self-test target in one targets version.
 
         Raises:
             OtaApiError: The server refused (bad names, conflict, missing scope) or is unreachable.
         """
+        params: dict[str, str] = {
+            "model": model,
+            "version": version,
+            "profile": profile,
+            "source_uri": source_uri,
+        }
+        if selftest is not None:
+            params["selftest_sha256"] = str(self.upload_selftest(selftest)["sha256"])
+        if mlflow_run_id:
+            params["mlflow_run_id"] = mlflow_run_id
+        if data_fingerprint:
+            params["data_fingerprint"] = data_fingerprint
         result: dict[str, Any] = self._call(
             "PUT",
             "/v1/releases",
-            params={"model": model, "version": version, "profile": profile, "source_uri": source_uri},
+            params=params,
             content=artifact,
             headers={"Content-Type": "application/octet-stream"},
         )
@@ -298,6 +337,12 @@ def trace_device(device_id: str, *, api: OtaApi, tracking_uri: str | None = None
     if not source_uri:
         raise TraceError(f"release {release['id']} records no MLflow source")
     source = parse_source_uri(str(source_uri))
+    # The release's own provenance fields (server migration 0002) win over the legacy query string.
+    source = replace(
+        source,
+        run_id=release.get("mlflow_run_id") or source.run_id,
+        data_fingerprint=release.get("data_fingerprint") or source.data_fingerprint,
+    )
     version = version_facts(source.name, source.version, tracking_uri=tracking_uri)
     if version.sha256 and version.sha256 != sha:
         raise TraceError(

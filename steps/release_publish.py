@@ -1,7 +1,10 @@
 """Step: publish every fetched artifact to the OTA server through its HTTP API, with its provenance.
 
 The release records ``models:/NAME/VERSION?run_id=…&data_fingerprint=…`` as its source (see
-``registry.trace``). Publishing is idempotent on the server, so a re-run answers ``created: false``.
+``registry.trace``) and the run id and data fingerprint as its own fields too. Each profile's self-test
+vectors (from ``build_selftest_vectors``) travel in the same publish: the server signs them as their own
+TUF target named by the model target's ``selftest`` custom field, which the edge agent's health check
+downloads. Publishing is idempotent on the server, so a re-run answers ``created: false``.
 """
 
 from __future__ import annotations
@@ -39,16 +42,28 @@ def source_uri_of(model: dict[str, Any]) -> str:
 def publish_releases(
     models: list[dict[str, Any]], vectors: dict[str, str], config: ReleasePipelineConfig
 ) -> Annotated[list[dict[str, Any]], "releases"]:
-    """PUT each artifact to ``/v1/releases``; returns release id, created flag and delta count per profile."""
+    """PUT each artifact (with its profile's self-test vectors) to ``/v1/releases``.
+
+    Returns:
+        Per profile: release id, created flag, delta count, length, source and the vectors target.
+
+    Raises:
+        OtaApiError: The server refused or is unreachable.
+        OSError: An artifact or vectors file cannot be read.
+    """
     published: list[dict[str, Any]] = []
     with OtaApi(base_url=server_url_from_env(config.server_url), token=operator_token_from_env()) as api:
         for model in models:
+            vectors_path = vectors.get(model["profile"])
             answer = api.publish_release(
                 Path(model["onnx_path"]).read_bytes(),
                 model=model["name"],
                 version=model["version"],
                 profile=model["profile"],
                 source_uri=source_uri_of(model),
+                selftest=Path(vectors_path).read_bytes() if vectors_path else None,
+                mlflow_run_id=model.get("run_id"),
+                data_fingerprint=model.get("data_fingerprint"),
             )
             release = answer["release"]
             logger.info(
@@ -68,6 +83,7 @@ def publish_releases(
                     "length": int(release["length"]),
                     "source_uri": release["source_uri"],
                     "vectors": vectors.get(model["profile"], ""),
+                    "selftest_target": release.get("selftest_target") or "",
                 }
             )
     log_metadata({"releases": {r["profile"]: r["release_id"] for r in published}})

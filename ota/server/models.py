@@ -85,6 +85,12 @@ class Release(Base):
     length: Mapped[int] = mapped_column(BigInteger)
     target_name: Mapped[str] = mapped_column(String(512))
     source_uri: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    # Provenance (migration 0002): the MLflow run and the training data fingerprint, for `edgefleet trace`.
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    data_fingerprint: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The release's self-test vectors (migration 0002): their own TUF target, named by the model target.
+    selftest_target: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    selftest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

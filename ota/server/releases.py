@@ -4,6 +4,12 @@ Publishing is idempotent: the same artifact under the same model, version and pr
 existing release; a different artifact under a taken model/version/profile is a conflict. Deltas come
 from ``ota.core.delta`` (the delta engine) against the last N releases of the same model and profile, and
 are TUF targets too, with custom fields naming their base and result hashes.
+
+A release may carry self-test vectors (the ``.npz`` of ``ota.edge.health``): they are their own TUF
+target ``{model}-{version}-{profile}.selftest.npz`` (custom ``kind: selftest``), and the model target's
+custom field ``selftest`` names it, both in the same targets metadata version. Over HTTP the vectors are
+staged first (``PUT /v1/releases/selftest``, content-addressed, see :func:`stage_selftest`) and the model
+publish references them by sha256, so one publish call registers both.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import hashlib
 import logging
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,9 @@ log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 CHUNK = 1024 * 1024
+SELFTEST_SUFFIX = ".selftest.npz"
+SELFTEST_STAGING_PREFIX = "uploads/selftest/"
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 
 def file_digest(path: Path) -> tuple[str, int]:
@@ -56,6 +66,65 @@ def target_name(model: str, version: str, profile: str, suffix: str) -> str:
 def blob_key(sha256: str, name: str) -> str:
     """Return the blob key of a target: the consistent-snapshot file name under ``targets/``."""
     return f"targets/{sha256}.{name}"
+
+
+def selftest_staging_key(sha256: str) -> str:
+    """Return the blob key of staged self-test vectors with this sha256.
+
+    Raises:
+        InvalidRequestError: ``sha256`` is not 64 lowercase hex digits.
+    """
+    if not SHA256_PATTERN.match(sha256):
+        raise InvalidRequestError("selftest_sha256 must be 64 lowercase hex digits")
+    return f"{SELFTEST_STAGING_PREFIX}{sha256}"
+
+
+def _check_vectors(path: Path) -> tuple[str, int]:
+    sha256, length = file_digest(path)
+    if length == 0:
+        raise InvalidRequestError("the self-test vectors file is empty")
+    # An .npz is a zip archive; the full schema is checked by the agent (ota.edge.health.load_vectors),
+    # which the server must not import (numpy/onnxruntime are edge dependencies).
+    if not zipfile.is_zipfile(path):
+        raise InvalidRequestError("the self-test vectors must be an .npz (zip) file")
+    return sha256, length
+
+
+def stage_selftest(blobs: BlobStore, vectors: Path) -> tuple[str, int]:
+    """Upload self-test vectors to the staging area of the blob store, keyed by content (idempotent).
+
+    Args:
+        blobs: Blob store.
+        vectors: The ``.npz`` file.
+
+    Returns:
+        ``(sha256, length)``; pass the sha256 to :func:`publish_release` via ``selftest_sha256``.
+
+    Raises:
+        InvalidRequestError: Empty or not an ``.npz`` file.
+        BlobStoreError: Upload failed.
+    """
+    sha256, length = _check_vectors(vectors)
+    key = selftest_staging_key(sha256)
+    if not blobs.exists(key):
+        blobs.put_file(key, vectors)
+    return sha256, length
+
+
+def fetch_staged_selftest(blobs: BlobStore, sha256: str, destination: Path) -> Path:
+    """Download staged vectors to ``destination`` and check their hash.
+
+    Raises:
+        InvalidRequestError: Bad sha256, nothing staged under it, or the staged bytes do not match.
+        BlobStoreError: Download failed.
+    """
+    key = selftest_staging_key(sha256)
+    if not blobs.exists(key):
+        raise InvalidRequestError(f"no self-test vectors staged with sha256 {sha256[:12]}…; PUT them first")
+    blobs.download(key, destination)
+    if file_digest(destination)[0] != sha256:
+        raise InvalidRequestError(f"staged self-test vectors {sha256[:12]}… are corrupt; upload them again")
+    return destination
 
 
 @dataclass(frozen=True)
@@ -85,6 +154,9 @@ def publish_release(
     source_uri: str | None = None,
     delta_base_count: int = 3,
     actor: str = "cli",
+    selftest: Path | None = None,
+    mlflow_run_id: str | None = None,
+    data_fingerprint: str | None = None,
 ) -> PublishResult:
     """Publish ``artifact`` as a release: upload, register the TUF target, build and register deltas.
 
@@ -99,13 +171,16 @@ def publish_release(
         source_uri: Where it came from (an MLflow model URI), stored as a custom target field.
         delta_base_count: Deltas are built from this many earlier releases of the same model and profile.
         actor: Who publishes (for the audit log).
+        selftest: The release's self-test vectors (``.npz``), registered as their own TUF target.
+        mlflow_run_id: The MLflow run that trained the model (provenance).
+        data_fingerprint: Fingerprint of the training data (provenance).
 
     Returns:
         The release, whether it was new, and its deltas.
 
     Raises:
-        InvalidRequestError: Bad names or an empty artifact.
-        ConflictError: The model/version/profile exists with a different artifact.
+        InvalidRequestError: Bad names, an empty artifact or bad vectors.
+        ConflictError: The model/version/profile exists with a different artifact or different vectors.
         BlobStoreError: Upload failed.
         RepositoryError: TUF signing failed.
     """
@@ -113,20 +188,21 @@ def publish_release(
     sha256, length = file_digest(artifact)
     if length == 0:
         raise InvalidRequestError("artifact is empty")
+    selftest_sha: str | None = None
+    selftest_len = 0
+    if selftest is not None:
+        selftest_sha, selftest_len = _check_vectors(selftest)
     with transaction(factory) as session:
-        existing = _existing(session, model, version, profile, sha256)
+        existing = _existing(session, model, version, profile, sha256, selftest_sha)
         if existing is not None:
             return PublishResult(existing, False, _deltas_of(session, existing.id))
-        bases = list(
-            session.scalars(
-                select(Release)
-                .where(Release.model == model, Release.profile == profile, Release.sha256 != sha256)
-                .order_by(Release.created_at.desc())
-                .limit(delta_base_count)
-            )
-        )
+        bases = _delta_bases(session, model, profile, sha256, delta_base_count)
     name = target_name(model, version, profile, artifact.suffix or ".bin")
     blobs.put_file(blob_key(sha256, name), artifact)
+    selftest_name: str | None = None
+    if selftest is not None and selftest_sha is not None:
+        selftest_name = target_name(model, version, profile, SELFTEST_SUFFIX)
+        blobs.put_file(blob_key(selftest_sha, selftest_name), selftest)
     release_id = (
         f"rel-{sha256[:12]}-{hashlib.sha256(f'{model}/{version}/{profile}'.encode()).hexdigest()[:8]}"
     )
@@ -139,8 +215,28 @@ def publish_release(
         "profile": profile,
         "release_id": release_id,
         "source_uri": source_uri,
+        "mlflow_run_id": mlflow_run_id,
+        "data_fingerprint": data_fingerprint,
     }
     targets = [TargetFile(length, {"sha256": sha256}, name, {"custom": custom})]
+    if selftest_name is not None and selftest_sha is not None:
+        custom["selftest"] = selftest_name  # ota.edge.agent looks the vectors target up by this field
+        targets.append(
+            TargetFile(
+                selftest_len,
+                {"sha256": selftest_sha},
+                selftest_name,
+                {
+                    "custom": {
+                        "kind": "selftest",
+                        "model": model,
+                        "version": version,
+                        "profile": profile,
+                        "release_id": release_id,
+                    }
+                },
+            )
+        )
     for delta in built:
         targets.append(
             TargetFile(
@@ -169,6 +265,10 @@ def publish_release(
         length=length,
         target_name=name,
         source_uri=source_uri,
+        mlflow_run_id=mlflow_run_id,
+        data_fingerprint=data_fingerprint,
+        selftest_target=selftest_name,
+        selftest_sha256=selftest_sha,
     )
     try:
         with transaction(factory) as session:
@@ -190,14 +290,16 @@ def publish_release(
     except IntegrityError:
         # A concurrent publish of the same release won the race: answer as the idempotent repeat.
         with transaction(factory) as session:
-            existing = _existing(session, model, version, profile, sha256)
+            existing = _existing(session, model, version, profile, sha256, selftest_sha)
             if existing is None:
                 raise
             return PublishResult(existing, False, _deltas_of(session, existing.id))
     return PublishResult(release, True, built)
 
 
-def _existing(session: Session, model: str, version: str, profile: str, sha256: str) -> Release | None:
+def _existing(
+    session: Session, model: str, version: str, profile: str, sha256: str, selftest_sha: str | None
+) -> Release | None:
     found = session.scalar(
         select(Release).where(Release.model == model, Release.version == version, Release.profile == profile)
     )
@@ -206,7 +308,36 @@ def _existing(session: Session, model: str, version: str, profile: str, sha256: 
             f"{model} {version} for {profile} is already published with sha256 {found.sha256[:12]}…; "
             "publish a new version instead"
         )
+    if found is not None and found.selftest_sha256 != selftest_sha:
+        # The signed targets metadata already ties the model to its vectors: changing them silently
+        # would change what devices check against without a new version.
+        raise ConflictError(
+            f"{model} {version} for {profile} is already published with different self-test vectors; "
+            "publish a new version instead"
+        )
     return found
+
+
+def _delta_bases(session: Session, model: str, profile: str, sha256: str, count: int) -> list[Release]:
+    """The newest ``count`` earlier artifacts (distinct bytes) that have no delta to ``sha256`` yet.
+
+    The same bytes may be released under several versions (a re-release, or a model re-shipped with new
+    self-test vectors); deltas are keyed by (base, result) hashes, which the director looks up, so an
+    existing one serves the new release too, and building it again would break the unique constraint.
+    """
+    done = set(session.scalars(select(Delta.base_sha256).where(Delta.result_sha256 == sha256)))
+    bases: list[Release] = []
+    for release in session.scalars(
+        select(Release)
+        .where(Release.model == model, Release.profile == profile, Release.sha256 != sha256)
+        .order_by(Release.created_at.desc())
+    ):
+        if len(bases) >= count:
+            break
+        if release.sha256 not in done:
+            done.add(release.sha256)
+            bases.append(release)
+    return bases
 
 
 def _deltas_of(session: Session, release_id: str) -> list[Delta]:

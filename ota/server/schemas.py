@@ -95,7 +95,18 @@ class ReleasePublic(BaseModel):
     length: int
     target_name: str
     source_uri: str | None
+    mlflow_run_id: str | None = None
+    data_fingerprint: str | None = None
+    selftest_target: str | None = None
+    selftest_sha256: str | None = None
     created_at: datetime
+
+
+class SelftestUploaded(BaseModel):
+    """A staged self-test vectors upload: pass ``sha256`` as ``selftest_sha256`` when publishing."""
+
+    sha256: str
+    length: int
 
 
 class DeltaPublic(BaseModel):

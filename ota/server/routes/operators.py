@@ -25,7 +25,13 @@ from ota.server.deps import (
 )
 from ota.server.errors import InvalidRequestError, NotFoundError
 from ota.server.models import AuditEntry, Delta, Device, Release, Rollout
-from ota.server.releases import NAME_PATTERN, publish_release
+from ota.server.releases import (
+    NAME_PATTERN,
+    SHA256_PATTERN,
+    fetch_staged_selftest,
+    publish_release,
+    stage_selftest,
+)
 from ota.server.rollout_machine import Phase, RolloutEvent
 from ota.server.rollouts import control_rollout, counters, create_rollout
 from ota.server.routes.devices import ERRORS
@@ -39,6 +45,7 @@ from ota.server.schemas import (
     ReleasePublic,
     RolloutCreate,
     RolloutPublic,
+    SelftestUploaded,
     TokenCreated,
 )
 
@@ -72,6 +79,44 @@ def create_provisioning(
         return TokenCreated(id=row.id, name=row.name, token=value)
 
 
+async def _receive(request: Request, path: Path, limit: int, what: str) -> None:
+    """Stream the request body to ``path``, refusing more than ``limit`` bytes or an empty body."""
+    size = 0
+    with path.open("wb") as handle:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise InvalidRequestError(f"{what} is larger than {limit} bytes")
+            handle.write(chunk)
+    if size == 0:
+        raise InvalidRequestError(f"the request body ({what}) is empty")
+
+
+_BINARY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.put("/releases/selftest", status_code=201, openapi_extra=_BINARY_BODY)
+async def upload_selftest(request: Request, operator: ReleaseOperator, ctx: ContextDep) -> SelftestUploaded:
+    """Stage a release's self-test vectors (the ``.npz`` body); idempotent, content-addressed (release scope).
+
+    Publish the model with ``selftest_sha256`` set to the answer's ``sha256`` to attach them.
+
+    Raises:
+        InvalidRequestError: Empty, oversized or not an ``.npz`` file.
+    """
+    with tempfile.TemporaryDirectory(prefix="edgefleet-upload-") as tmp:
+        path = Path(tmp) / "selftest.npz"
+        await _receive(request, path, ctx.settings.max_artifact_bytes, "self-test vectors")
+        sha256, length = await run_in_threadpool(stage_selftest, ctx.blobs, path)
+    # No audit entry here: staging changes no signed state; the publish that attaches them is audited.
+    return SelftestUploaded(sha256=sha256, length=length)
+
+
 @router.put(
     "/releases",
     status_code=201,
@@ -90,25 +135,27 @@ async def publish(
     version: NamePart,
     profile: NamePart,
     source_uri: Annotated[str | None, Query(max_length=1024)] = None,
+    selftest_sha256: Annotated[str | None, Query(pattern=SHA256_PATTERN.pattern)] = None,
+    mlflow_run_id: Annotated[str | None, Query(max_length=128)] = None,
+    data_fingerprint: Annotated[str | None, Query(max_length=128)] = None,
 ) -> PublishPublic:
     """Publish the request body (the artifact bytes) as a release; idempotent (release scope).
 
+    With ``selftest_sha256`` (from ``PUT /v1/releases/selftest``) the staged vectors become the release's
+    self-test target, signed in the same targets version as the model.
+
     Raises:
-        InvalidRequestError: Empty or oversized artifact.
-        ConflictError: model/version/profile taken by another artifact.
+        InvalidRequestError: Empty or oversized artifact, or unknown staged vectors.
+        ConflictError: model/version/profile taken by another artifact or other vectors.
     """
-    limit = ctx.settings.max_artifact_bytes
     with tempfile.TemporaryDirectory(prefix="edgefleet-upload-") as tmp:
         path = Path(tmp) / "artifact.onnx"
-        size = 0
-        with path.open("wb") as handle:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise InvalidRequestError(f"artifact is larger than {limit} bytes")
-                handle.write(chunk)
-        if size == 0:
-            raise InvalidRequestError("the request body (the artifact) is empty")
+        await _receive(request, path, ctx.settings.max_artifact_bytes, "the artifact")
+        vectors: Path | None = None
+        if selftest_sha256 is not None:
+            vectors = await run_in_threadpool(
+                fetch_staged_selftest, ctx.blobs, selftest_sha256, Path(tmp) / "selftest.npz"
+            )
         result = await run_in_threadpool(
             publish_release,
             factory=ctx.sessions,
@@ -121,6 +168,9 @@ async def publish(
             source_uri=source_uri,
             delta_base_count=ctx.settings.delta_base_count,
             actor=f"token:{operator.id}",
+            selftest=vectors,
+            mlflow_run_id=mlflow_run_id,
+            data_fingerprint=data_fingerprint,
         )
     if result.created:
         with ctx.sessions() as session:

@@ -1,0 +1,173 @@
+"""publish_release with self-test vectors, provenance fields and re-released bytes, on SQLite + local blobs.
+
+The vectors become their own signed target in the same targets version as the model, the model target's
+custom ``selftest`` field names it, bad vectors are refused with a typed error, and the same bytes published
+under a new version (what re-shipping a model with new vectors does) neither crashes on the deltas' unique
+constraint nor loses the delta the director serves.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from ota.server.cli import release_app
+from ota.server.context import ServerContext, build_context
+from ota.server.db import transaction
+from ota.server.errors import ConflictError, InvalidRequestError
+from ota.server.models import Delta, Release
+from ota.server.releases import (
+    fetch_staged_selftest,
+    publish_release,
+    selftest_staging_key,
+    stage_selftest,
+)
+from ota.server.settings import load_settings
+
+
+def npz(path: Path, payload: bytes) -> Path:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("inputs.npy", payload)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def model(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode() * 400)
+    return path
+
+
+def test_vectors_are_a_target_named_by_the_model_target(ctx: ServerContext, tmp_path: Path) -> None:
+    with transaction(ctx.sessions) as session:
+        before = ctx.repository.latest_version(session, "targets")
+    result = publish_release(
+        factory=ctx.sessions,
+        blobs=ctx.blobs,
+        repository=ctx.repository,
+        artifact=model(tmp_path / "m.onnx", "weights-1 "),
+        model="net",
+        version="1",
+        profile="cpu",
+        selftest=npz(tmp_path / "v.npz", b"vectors-1"),
+        mlflow_run_id="run-1",
+        data_fingerprint="fp-1",
+    )
+    release = result.release
+    assert release.selftest_target == "net-1-cpu.selftest.npz"
+    assert (release.mlflow_run_id, release.data_fingerprint) == ("run-1", "fp-1")
+    with transaction(ctx.sessions) as session:
+        assert ctx.repository.latest_version(session, "targets") == before + 1
+        targets = ctx.repository.targets(session)
+    model_target = targets[release.target_name]
+    vectors_target = targets[release.selftest_target]
+    assert model_target.custom["selftest"] == release.selftest_target
+    assert model_target.custom["data_fingerprint"] == "fp-1"
+    assert vectors_target.custom["kind"] == "selftest"
+    assert vectors_target.hashes["sha256"] == release.selftest_sha256
+    assert ctx.blobs.exists(f"targets/{release.selftest_sha256}.{release.selftest_target}")
+
+    with pytest.raises(ConflictError):
+        publish_release(
+            factory=ctx.sessions,
+            blobs=ctx.blobs,
+            repository=ctx.repository,
+            artifact=tmp_path / "m.onnx",
+            model="net",
+            version="1",
+            profile="cpu",
+            selftest=npz(tmp_path / "v2.npz", b"vectors-2"),
+        )
+
+
+def test_bad_vectors_are_refused(ctx: ServerContext, tmp_path: Path) -> None:
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "text.npz").write_bytes(b"plain text, not an archive")
+    for name in ("empty.npz", "text.npz"):
+        with pytest.raises(InvalidRequestError):
+            stage_selftest(ctx.blobs, tmp_path / name)
+        with pytest.raises(InvalidRequestError):
+            publish_release(
+                factory=ctx.sessions,
+                blobs=ctx.blobs,
+                repository=ctx.repository,
+                artifact=model(tmp_path / "m.onnx", "w "),
+                model="net",
+                version="9",
+                profile="cpu",
+                selftest=tmp_path / name,
+            )
+    with pytest.raises(InvalidRequestError):
+        selftest_staging_key("../../etc/passwd")
+    with pytest.raises(InvalidRequestError):
+        fetch_staged_selftest(ctx.blobs, "a" * 64, tmp_path / "out.npz")
+
+
+def test_staging_round_trips_and_is_content_addressed(ctx: ServerContext, tmp_path: Path) -> None:
+    vectors = npz(tmp_path / "v.npz", b"abc")
+    sha, length = stage_selftest(ctx.blobs, vectors)
+    assert stage_selftest(ctx.blobs, vectors) == (sha, length)
+    out = fetch_staged_selftest(ctx.blobs, sha, tmp_path / "out.npz")
+    assert out.read_bytes() == vectors.read_bytes() and length == len(vectors.read_bytes())
+
+
+def test_same_bytes_under_a_new_version_reuse_the_delta(ctx: ServerContext, tmp_path: Path) -> None:
+    def publish(version: str, text: str, vectors: bytes) -> None:
+        publish_release(
+            factory=ctx.sessions,
+            blobs=ctx.blobs,
+            repository=ctx.repository,
+            artifact=model(tmp_path / f"m{version}.onnx", text),
+            model="net",
+            version=version,
+            profile="cpu",
+            selftest=npz(tmp_path / f"v{version}.npz", vectors),
+        )
+
+    publish("1", "weights-1 ", b"one")
+    publish("2", "weights-2 ", b"two")
+    publish("3", "weights-2 ", b"three")  # v2's bytes again, with new vectors: no IntegrityError
+    publish("4", "weights-4 ", b"four")  # bases v3 and v2 share bytes: one delta from them, not two
+    with transaction(ctx.sessions) as session:
+        pairs = [(d.base_sha256, d.result_sha256) for d in session.scalars(select(Delta))]
+    assert len(pairs) == len(set(pairs))
+    assert len(pairs) == 3  # 1→2, 1→4, 2→4 (distinct bytes only)
+
+
+def test_cli_publish_with_selftest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEFLEET_HOME", str(tmp_path / "home"))
+    command = release_app
+    args = [
+        "publish",
+        "--artifact",
+        str(model(tmp_path / "m.onnx", "cli ")),
+        "--model",
+        "m",
+        "--version",
+        "1",
+        "--profile",
+        "cpu",
+        "--selftest",
+        str(npz(tmp_path / "v.npz", b"cli-vectors")),
+        "--mlflow-run-id",
+        "run-9",
+    ]
+    first = CliRunner().invoke(command, args)
+    assert first.exit_code == 0, first.output
+    assert "self-test vectors: m-1-cpu.selftest.npz" in first.output
+    again = CliRunner().invoke(command, args)
+    assert again.exit_code == 0 and "already published" in again.output
+    # Other vectors for the same model version: refused with the typed error's message, exit code 1.
+    args[args.index("--selftest") + 1] = str(npz(tmp_path / "w.npz", b"other"))
+    conflict = CliRunner().invoke(command, args)
+    assert conflict.exit_code == 1 and "different self-test vectors" in conflict.output
+    ctx = build_context(load_settings())
+    with ctx.sessions() as session:
+        release = session.scalars(select(Release)).one()
+        assert (release.selftest_target, release.mlflow_run_id) == ("m-1-cpu.selftest.npz", "run-9")
+    ctx.close()
