@@ -41,12 +41,14 @@ from rich.console import Console
 from rich.rule import Rule
 from rich.table import Table
 
-from pipelines.paths import configure_environment, edgefleet_home
+from pipelines.paths import configure_environment, default_tracking_uri, edgefleet_home
 
 configure_environment()
 
 from ota.edge.fleet import FleetOptions, FleetSummary, simulate_fleet  # noqa: E402
 from ota.server.status_cli import RolloutReport, render_report, rollout_report  # noqa: E402
+from pipelines.summary import print_summary as print_training_summary  # noqa: E402
+from pipelines.summary import ui_commands  # noqa: E402
 from registry.errors import PromotionRefusedError, RegistryError  # noqa: E402
 from registry.fetch import VersionFacts, fetch_model, version_facts  # noqa: E402
 from registry.lineage import Lineage  # noqa: E402
@@ -552,7 +554,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         DemoError: A phase did not reach its goal.
         RegistryError: MLflow refused a promotion or registration.
     """
-    from pipelines.stack import ensure_stack
+    from pipelines.stack import ensure_stack, ensure_tracking_uri
 
     # ZenML turns the root logger to INFO; every poll of the fleet's stop condition would print a line.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -576,6 +578,8 @@ def run_demo(options: DemoOptions) -> DemoSummary:
 
     _stage("1/8 training pipeline (first version)")
     run_training(options.training_config)
+    ensure_tracking_uri()
+    print_training_summary(console)
     _stage("2/8 promote the candidate")
     summary.versions["v1"] = promote_candidate(name, tracking_uri=tracking_uri)
 
@@ -751,6 +755,8 @@ def print_summary(summary: DemoSummary, *, elapsed_s: float) -> None:
         f"inspect: EDGEFLEET_HOME={summary.server_home} edgefleet rollout status; "
         f"edgefleet models list {summary.model_name}"
     )
+    for line in ui_commands(default_tracking_uri()):
+        console.print(line, highlight=False)
 
 
 def _stage(title: str) -> None:

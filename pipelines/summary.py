@@ -83,11 +83,15 @@ def print_summary(console: Console, *, pipeline_name: str = "training_pipeline")
             profile, entry["name"], entry["version"], entry["variant"], ", ".join(aliases), entry["created"]
         )
     console.print(versions)
-    home = edgefleet_home()
     console.print("Look at the results:")
-    console.print(
-        f"  MLflow UI:        .venv/bin/mlflow ui --backend-store-uri {client.tracking_uri} --port 5000"
-    )
-    console.print(
-        f"  ZenML dashboard:  ZENML_CONFIG_PATH={home / 'zenml'} .venv/bin/zenml login --local --port 8237"
-    )
+    for line in ui_commands(client.tracking_uri):
+        console.print(f"  {line}")
+
+
+def ui_commands(tracking_uri: str) -> list[str]:
+    """The exact commands that open the MLflow UI and the ZenML dashboard on this project's stores."""
+    zenml_config = edgefleet_home() / "zenml"
+    return [
+        f"MLflow UI:        .venv/bin/mlflow ui --backend-store-uri {tracking_uri} --port 5000",
+        f"ZenML dashboard:  ZENML_CONFIG_PATH={zenml_config} .venv/bin/zenml login --local --port 8237",
+    ]
