@@ -62,7 +62,10 @@ def register_models(
     chosen = [_selection(raw) for raw in selections.values()]
     run_id = str(get_step_context().pipeline_run.id)
     commit, dirty = git_state()
-    scratch = Path(tempfile.mkdtemp(prefix="edgefleet-register-"))
+    # Card and plots only need to live until MLflow has copied them; the finalizer removes the folder
+    # even if registration fails.
+    scratch_dir = tempfile.TemporaryDirectory(prefix="edgefleet-register-")
+    scratch = Path(scratch_dir.name)
     teacher_onnx = variants / manifest["teacher-fp32"].file
     teacher_id = log_teacher(teacher_onnx, metrics=teacher_metrics, experiment_name="edgefleet-training")
     lineage = Lineage(
@@ -136,4 +139,5 @@ def register_models(
             "created": str(version.created).lower(),
         }
     log_metadata(metadata={"mlflow_versions": registered}, infer_model=True)
+    scratch_dir.cleanup()
     return registered
