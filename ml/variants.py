@@ -77,6 +77,7 @@ def build_variants(
     quantize: QuantizeConfig,
     threads: int = 1,
     log: Log = lambda _message: None,
+    calibration_progress: Callable[[str], Callable[[int, int], None] | None] = lambda _name: None,
 ) -> VariantManifest:
     """Prune, export, quantize and score; write the ONNX files and ``variants.json`` into ``folder``.
 
@@ -89,6 +90,8 @@ def build_variants(
         quantize: Quantization settings.
         threads: ONNX Runtime threads for scoring.
         log: Receives one line per stage.
+        calibration_progress: Given a variant name, returns the ``progress(done, total)`` callback its
+            calibration reports to (or None).
 
     Returns:
         The manifest that was written.
@@ -135,6 +138,7 @@ def build_variants(
             method=quantize.calibration_method,
             calibration_size=quantize.calibration_size,
             per_channel=quantize.per_channel,
+            progress=calibration_progress(name),
         )
         files[name] = (path.name, parent, "int8-static")
     if quantize.dynamic:

@@ -15,6 +15,7 @@ from ml.benchmark import benchmark_variants as run_benchmark
 from ml.config import BenchmarkConfig as BenchmarkSection
 from ml.data import DataSplits
 from ml.variants import candidates, load_manifest
+from steps.progress import count_progress
 
 logger = get_logger(__name__)
 
@@ -37,14 +38,14 @@ def benchmark_variants(
         throughput_batch=config.throughput_batch,
         throughput_runs=config.throughput_runs,
     )
-    last_logged: dict[str, int] = {}
+    done_by_variant: dict[str, int] = {}
+    with count_progress("benchmark (batch-1 runs)", len(pool) * settings.runs) as advance:
 
-    def progress(name: str, done: int, total: int) -> None:
-        if done == total or done - last_logged.get(name, 0) >= total // 2:
-            last_logged[name] = done
-            logger.info("benchmark %-28s %5d/%d runs", name, done, total)
+        def progress(name: str, done: int, _total: int) -> None:
+            advance(done - done_by_variant.get(name, 0))
+            done_by_variant[name] = done
 
-    results = run_benchmark(pool, splits.x_test[:64], config=settings, progress=progress)
+        results = run_benchmark(pool, splits.x_test[:64], config=settings, progress=progress)
     logger.info("\n%s", render_variant_table(results, baseline="teacher-torch-eager"))
     log_metadata({f"p50_ms.{r.name}": r.p50_ms for r in results})
     return [asdict(r) for r in results]
