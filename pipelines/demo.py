@@ -587,19 +587,25 @@ def run_demo(options: DemoOptions) -> DemoSummary:
     with ota_server(home / "ota") as server:
         os.environ[SERVER_URL_ENV] = server.url
         os.environ[OPERATOR_TOKEN_ENV] = server.operator_token
-        try:
-            _stage("4/8 release pipeline + staged rollout of the first version")
+
+        def release_and_roll_out(label: str, version: str, *, settle_on: str) -> str:
+            """Release ``version``, then drive the fleet until every device runs ``settle_on``."""
             run_release(release_path)
-            rollout = latest_rollout_id(server, summary.versions["v1"])
+            rollout = latest_rollout_id(server, version)
             fleet = drive_fleet(
                 server,
                 options,
                 profile=profile,
                 fleet_dir=fleet_dir,
                 rollout_id=rollout,
-                expect_version=summary.versions["v1"],
+                expect_version=settle_on,
             )
-            summary.rollouts.append(RolloutRun("first", summary.versions["v1"], rollout, fleet))
+            summary.rollouts.append(RolloutRun(label, version, rollout, fleet))
+            return rollout
+
+        try:
+            _stage("4/8 release pipeline + staged rollout of the first version")
+            release_and_roll_out("first", summary.versions["v1"], settle_on=summary.versions["v1"])
 
             _stage("5/8 train a second version on new data")
             retrained = retrain_config(training, options.retrain_epoch_fraction)
@@ -609,17 +615,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
             summary.versions["v2"] = promote_candidate(name, tracking_uri=tracking_uri)
             if summary.versions["v2"] == summary.versions["v1"]:
                 raise DemoError("the retrained model is byte-identical to the first one; nothing to roll out")
-            run_release(release_path)
-            rollout = latest_rollout_id(server, summary.versions["v2"])
-            fleet = drive_fleet(
-                server,
-                options,
-                profile=profile,
-                fleet_dir=fleet_dir,
-                rollout_id=rollout,
-                expect_version=summary.versions["v2"],
-            )
-            summary.rollouts.append(RolloutRun("second", summary.versions["v2"], rollout, fleet))
+            release_and_roll_out("second", summary.versions["v2"], settle_on=summary.versions["v2"])
 
             _stage("7/8 roll out a deliberately broken third version")
             base = version_facts(name, summary.versions["v2"], tracking_uri=tracking_uri)
@@ -627,17 +623,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
                 name, base, tracking_uri=tracking_uri, work=work / "broken", matmuls=options.slow_matmuls
             )
             promote_candidate(name, tracking_uri=tracking_uri, reason=BROKEN_REASON)
-            run_release(release_path)
-            rollout = latest_rollout_id(server, summary.versions["v3"])
-            fleet = drive_fleet(
-                server,
-                options,
-                profile=profile,
-                fleet_dir=fleet_dir,
-                rollout_id=rollout,
-                expect_version=summary.versions["v2"],
-            )
-            summary.rollouts.append(RolloutRun("broken", summary.versions["v3"], rollout, fleet))
+            rollout = release_and_roll_out("broken", summary.versions["v3"], settle_on=summary.versions["v2"])
             restored = rollback(
                 client_for(tracking_uri),
                 name,
