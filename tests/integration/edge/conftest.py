@@ -21,6 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
+from ota.server.rollout_machine import ACTIVE_STATES, RolloutState
+
+# Rollout states in which a rollout no longer holds its selector.
+SETTLED = frozenset(s.value for s in RolloutState) - {s.value for s in ACTIVE_STATES}
+
 
 @dataclass
 class Behaviour:
@@ -201,7 +206,22 @@ class LiveServer:
         assert answer.status_code == 201, answer.text
         return answer.json()
 
+    def wait_rollouts_settled(self, timeout: float = 30.0) -> None:
+        """Wait until no rollout is running: the server completes one on its background tick, not at once.
+
+        Starting the next rollout before the tick has completed the last one is a 409 by design
+        (one active rollout per selector), so a test that rolls out twice waits here in between.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [r["id"] for r in self.get("/v1/rollouts") if r["state"] not in SETTLED]
+            if not running:
+                return
+            assert time.monotonic() < deadline, f"rollouts {running} did not settle in {timeout} s"
+            time.sleep(0.1)
+
     def rollout(self, release_id: str, **body: Any) -> dict[str, Any]:
+        self.wait_rollouts_settled()
         payload = {"release_id": release_id, "phases": [{"percent": 100}], **body}
         with self.http() as http:
             answer = http.post("/v1/rollouts", json=payload, headers=self.admin)
