@@ -104,7 +104,8 @@ class Agent:
         apply_delta: Delta applier override.
         fault: Fault hook passed to the installer.
         rng: Randomness for jitter.
-        clock_offset_s: Added to the wall clock when checking expiry (tests of a skewed device clock).
+        clock_offset_s: Added to the wall clock for every expiry check, the director's and the TUF roles'
+            (tests of a skewed device clock).
     """
 
     def __init__(
@@ -381,6 +382,12 @@ class Agent:
             config=config,
             bootstrap=None,
         )
+        # One device clock for both repositories: the director's expiry is checked against ``_now()``, and
+        # ngclient must use the same time. It reads the wall clock once, in TrustedMetadataSet's
+        # constructor, and has no setting for it (slack time is still an open spec question:
+        # https://github.com/theupdateframework/specification/issues/137), so set its reference time here,
+        # before refresh() makes any expiry check.
+        updater._trusted_set.reference_time = self._now()
         try:
             updater.refresh()
         except tuf_errors.RepositoryError as exc:

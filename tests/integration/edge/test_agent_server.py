@@ -144,10 +144,22 @@ def test_assignment_for_another_profile_is_refused(ota_server: LiveServer, tmp_p
 
 @pytest.mark.parametrize("offset_s", [3600.0, -3600.0])
 def test_device_clock_an_hour_off_still_installs(ota_server: LiveServer, tmp_path: Path, offset_s: float):
+    # The offset applies to the director's expiry and to ngclient's (see the freeze test in test_attacks).
     release = ota_server.publish(linear_onnx(5), model="m", version="1", profile=PROFILE)["release"]
     ota_server.rollout(release["id"])
     agent = make_agent(ota_server, tmp_path / "agent", clock_offset_s=offset_s)
     assert poll_until(agent, {"installed"}).outcome == "installed"
+
+
+def test_device_clock_beyond_the_expiry_margin_is_refused(ota_server: LiveServer, tmp_path: Path):
+    # The margin is the shortest lifetime, 24 h (timestamp and assignment): a day and an hour ahead, the
+    # device sees everything as expired and installs nothing; it does not accept stale data silently.
+    release = ota_server.publish(linear_onnx(5), model="m", version="1", profile=PROFILE)["release"]
+    ota_server.rollout(release["id"])
+    agent = make_agent(ota_server, tmp_path / "agent", clock_offset_s=25 * 3600.0)
+    result = poll_until(agent, {"installed", "failed"})
+    assert result.outcome == "failed" and "expired" in (result.detail or "").lower(), result
+    assert agent.installer.state().committed is None
 
 
 def test_cli_run_once_enrols_and_installs(ota_server: LiveServer, tmp_path: Path):

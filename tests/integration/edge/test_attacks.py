@@ -13,7 +13,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ from tuf.api.metadata import Metadata
 from ota.core.manifest import Assignment, sign_assignment
 from ota.edge.agent import Agent, PollResult
 from ota.edge.config import AgentConfig
+from ota.server.db import transaction
+from ota.server.tuf_repo import ImageRepository
 
 from .conftest import LiveServer
 from .test_agent_server import PROFILE, linear_onnx
@@ -370,6 +372,52 @@ def test_attack_is_refused_and_reported(scene: Scene, row: str, attack, expect: 
     result = scene.agent.poll_once()
     print(f"{row}: {result.outcome} attack={result.attack} — {result.detail}")
     assert_refused(scene, result, expect=expect)
+
+
+# ---- freeze: a genuine timestamp, replayed after it expired -----------------------------------------
+
+
+def _sign_timestamp(scene: Scene, lifetime_s: int | None = None) -> bytes:
+    """Have the server sign a new timestamp (with its normal lifetime, or ``lifetime_s``); return it."""
+    repository = scene.server.ctx.repository
+    if lifetime_s is not None:  # the same keys and code, only a shorter timestamp lifetime
+        repository = ImageRepository(
+            keyring=repository.keyring, expiries=replace(repository.expiries, timestamp=lifetime_s)
+        )
+    with transaction(scene.server.ctx.sessions) as session:
+        assert repository.refresh_online_roles(session, force=True) == ["timestamp"]
+    return _read(scene, "timestamp")
+
+
+def test_freeze_an_old_timestamp_served_after_it_expires_is_refused(scene: Scene) -> None:
+    """The freeze row, literally: nothing here is forged or re-signed by the test.
+
+    The server signs a timestamp that lives one hour, and the device refreshes against it. The server
+    then moves on and signs a newer one. Two hours later (the device's clock is moved on) an attacker
+    still serves the old one: a valid signature, the very version the device trusts, but expired.
+    """
+    enrolment = scene.agent.identity.load_enrolment()
+    assert enrolment is not None
+    old = _sign_timestamp(scene, lifetime_s=3600)
+    old_version = Metadata.from_bytes(old).signed.version
+    scene.agent._updater(enrolment)  # honest refresh: the device now trusts the one-hour timestamp
+    newer = _sign_timestamp(scene)
+    assert Metadata.from_bytes(newer).signed.version == old_version + 1
+    scene.mitm.rules.append(_metadata_rule("timestamp.json", lambda _s, _raw: old, scene))
+
+    # Within its hour the replayed timestamp is still valid: serving it is no attack yet.
+    assert scene.agent._updater(enrolment).get_targetinfo(scene.release2["target_name"]) is not None
+
+    scene.agent.clock_offset_s = 2 * 3600  # two hours later; the director's assignment lives 24 h
+    result = scene.agent.poll_once()
+    print(f"freeze: {result.outcome} attack={result.attack} — {result.detail}")
+    assert_refused(scene, result, expect="expired")
+
+    # The honest server at the same device time is accepted: the refusal was the freeze, not the clock.
+    # (A fresh poll would not retry: a target refused for verification waits for a new assignment.)
+    scene.mitm.rules.clear()
+    honest = scene.agent._updater(enrolment)
+    assert honest.get_targetinfo(scene.release2["target_name"]) is not None
 
 
 # ---- an older release than the installed one: refused without the operator rollback flag -------------
