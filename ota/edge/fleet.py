@@ -27,13 +27,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from ota.edge.config import AgentConfig
 from ota.edge.errors import EdgeError
 from ota.edge.health import HealthResult, run_health_check
+from ota.edge.state import InstalledModel
+
+if TYPE_CHECKING:
+    from ota.edge.agent import Agent
 
 
 @dataclass(frozen=True)
@@ -269,12 +273,21 @@ def _device_loop(index: int, options: FleetOptions, events: Any, stop: Any) -> N
                 "detail": None if result is None else result.detail,
                 "attack": bool(result and result.attack),
                 "version": state.committed.version if state.committed else "-",
-                "length": state.committed.length if state.committed else 0,
+                "length": _full_install_length(agent, state.committed),
                 "bytes": agent.fetcher.total_bytes_transferred - bytes_before,
             }
         )
         stop.wait(result.delay_s if result else 0.0)
     agent.client.close()
+
+
+def _full_install_length(agent: Agent, committed: InstalledModel | None) -> int:
+    """What installing the committed model costs without a delta: the model and its self-test vectors."""
+    if committed is None:
+        return 0
+    slot = agent.installer.slots.current_target()
+    vectors = agent.installer.slots.vectors_path(slot) if slot is not None else None
+    return committed.length + (vectors.stat().st_size if vectors is not None and vectors.is_file() else 0)
 
 
 def _worker(indices: list[int], options: FleetOptions, events: Any, stop: Any) -> None:

@@ -21,11 +21,13 @@ from rich.live import Live
 from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from tuf.api.metadata import Metadata, Targets
 
 from ota.core.manifest import ReportStatus
 from ota.server.errors import NotFoundError, ServerError
 from ota.server.models import AuditEntry, Delta, Release, Rollout, RolloutDevice, StatusReportRow
 from ota.server.rollouts import counters
+from ota.server.tuf_repo import ImageRepository
 
 console = Console()
 FINAL_STATES = frozenset({"completed", "aborted", "rolled-back"})
@@ -50,7 +52,8 @@ class RolloutReport:
     Attributes:
         delta_bytes: Bytes devices downloaded for installs made from a delta patch.
         full_bytes: Bytes devices downloaded for installs of the whole artifact.
-        full_equivalent_bytes: What every download would have cost as a full artifact.
+        full_equivalent_bytes: What every download would have cost without deltas: the full artifact
+            plus its self-test vectors (which every install downloads either way).
         delta_installs: Downloads completed from a delta.
         full_installs: Downloads completed as a full artifact.
     """
@@ -77,12 +80,25 @@ class RolloutReport:
     delta_installs: int
     full_installs: int
     artifact_bytes: int
+    selftest_bytes: int
     deltas_published: int
     timeline: list[TimelineEvent] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict."""
         return asdict(self)
+
+
+def _selftest_length(session: Session, release: Release | None) -> int:
+    """Length of the release's self-test vectors target, as the signed targets metadata declares it."""
+    if release is None or release.selftest_target is None:
+        return 0
+    data = ImageRepository.read(session, "targets")
+    if data is None:
+        return 0
+    signed = Metadata[Targets].from_bytes(data).signed
+    target = signed.targets.get(release.selftest_target)
+    return target.length if target is not None else 0
 
 
 def rollout_report(session: Session, rollout_id: str) -> RolloutReport:
@@ -116,6 +132,7 @@ def rollout_report(session: Session, rollout_id: str) -> RolloutReport:
             full_bytes += size
             full_installs += 1
     length = release.length if release is not None else 0
+    vectors = _selftest_length(session, release)
     deltas = len(list(session.scalars(select(Delta.id).where(Delta.release_id == rollout.release_id))))
     timeline = [
         TimelineEvent(
@@ -149,10 +166,11 @@ def rollout_report(session: Session, rollout_id: str) -> RolloutReport:
         min_reports_for_abort=rollout.min_reports_for_abort,
         delta_bytes=delta_bytes,
         full_bytes=full_bytes,
-        full_equivalent_bytes=(delta_installs + full_installs) * length,
+        full_equivalent_bytes=(delta_installs + full_installs) * (length + vectors),
         delta_installs=delta_installs,
         full_installs=full_installs,
         artifact_bytes=length,
+        selftest_bytes=vectors,
         deltas_published=deltas,
         timeline=timeline,
     )

@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from ota.edge.health import save_vectors
 from ota.edge.state import Phase
+from ota.server.status_cli import rollout_report
 
 from .conftest import LiveServer
 from .test_agent_server import PROFILE, linear_onnx, make_agent, poll_until
@@ -81,12 +82,19 @@ def test_vectors_gate_the_commit(ota_server: LiveServer, tmp_path: Path) -> None
 
     # 1. A model that agrees with its own vectors passes the health check and is committed.
     r1 = publish_with_vectors(ota_server, good, good_vectors, "1")
-    ota_server.rollout(r1["id"])
+    first = ota_server.rollout(r1["id"])
     assert poll_until(agent, {"installed", "rolled-back", "failed"}).outcome == "installed"
     assert (tmp_path / "agent" / "current" / "model.onnx").read_bytes() == good
     committed_vectors = tmp_path / "agent" / "current" / "selftest.npz"
     assert committed_vectors.read_bytes() == good_vectors  # the shipped vectors, fetched through TUF
     poll_until(agent, {"up-to-date", "unchanged"})
+    # `rollout status` counts the vectors on both sides: what the device downloaded, and what it would have
+    # downloaded without deltas. One full install downloads exactly the model and its vectors.
+    with ota_server.ctx.sessions() as session:
+        report = rollout_report(session, first["id"])
+    assert report.selftest_bytes == len(good_vectors)
+    assert report.full_installs == 1 and report.full_bytes == len(good) + len(good_vectors)
+    assert report.full_equivalent_bytes == report.full_bytes
 
     # 2. Other weights shipped with the first model's vectors: outputs disagree → rolled back to v1.
     bad = linear_onnx(2, size=SIZE)
