@@ -163,6 +163,7 @@ def decide(
     counters: RolloutCounters,
     policy: Policy,
     now: datetime,
+    cohort_size: int | None = None,
 ) -> tuple[RolloutEvent, str] | None:
     """Decide the automatic event for a rollout, if any.
 
@@ -173,6 +174,8 @@ def decide(
         counters: Cumulative device outcomes.
         policy: The abort rule.
         now: Current time.
+        cohort_size: Devices the phase includes, when known. A phase cannot wait for more successes than
+            it has devices: a 1 % phase of a 20-device fleet may hold none, and would otherwise stall.
 
     Returns:
         ``(event, reason)`` or None.
@@ -185,9 +188,12 @@ def decide(
             f"exceeds {policy.failure_threshold:.1%}"
         )
     soaked = now - phase_started_at >= timedelta(seconds=phase.min_soak_seconds)
-    if soaked and counters.succeeded >= phase.min_reports:
+    required = phase.min_reports if cohort_size is None else min(phase.min_reports, cohort_size)
+    if soaked and counters.succeeded >= required:
+        capped = f" (its cohort holds {cohort_size} device(s))" if required < phase.min_reports else ""
         return RolloutEvent.ADVANCE, (
             f"phase {phase.percent:g}% soaked {phase.min_soak_seconds}s with {counters.succeeded} successes"
+            + capped
         )
     return None
 

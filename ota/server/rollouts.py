@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
-from ota.core.manifest import FAILURE_STATUSES, ReportStatus
+from ota.core.manifest import FAILURE_STATUSES, AdmissionState, ReportStatus
 from ota.server.db import bump_counter, lock_name
 from ota.server.errors import ConflictError, InvalidRequestError, NotFoundError, RolloutStateError
 from ota.server.models import AuditEntry, Device, Release, Rollout, RolloutDevice
@@ -31,6 +31,7 @@ from ota.server.rollout_machine import (
     RolloutEvent,
     RolloutState,
     decide,
+    in_cohort,
     transition,
     validate_phases,
 )
@@ -282,21 +283,40 @@ def tick_rollout(session: Session, rollout_id: str, *, now: datetime | None = No
     phase_started = rollout.phase_started_at
     if phase_started.tzinfo is None:  # SQLite returns naive datetimes
         phase_started = phase_started.replace(tzinfo=UTC)
+    phase = _phases(rollout)[rollout.phase_index]
+    counted = counters(session, rollout_id)
+    # Only a soaked phase still short of successes needs its cohort counted (a scan of the devices).
+    short = moment - phase_started >= timedelta(seconds=phase.min_soak_seconds) and (
+        counted.succeeded < phase.min_reports
+    )
     decision = decide(
         state=RolloutState(rollout.state),
-        phase=_phases(rollout)[rollout.phase_index],
+        phase=phase,
         phase_started_at=phase_started,
-        counters=counters(session, rollout_id),
+        counters=counted,
         policy=Policy(
             rollout.failure_threshold, rollout.min_reports_for_abort, RolloutEvent(rollout.abort_action)
         ),
         now=moment,
+        cohort_size=cohort_size(session, rollout) if short else None,
     )
     if decision is None:
         return None
     event, reason = decision
     _apply(session, rollout, event, "auto", reason, moment)
     return event
+
+
+def cohort_size(session: Session, rollout: Rollout) -> int:
+    """Count the accepted devices the rollout's current phase includes (its selector and cohort)."""
+    selector = Selector.from_dict(rollout.selector)
+    percent = float(rollout.phases[rollout.phase_index]["percent"])
+    devices = session.scalars(
+        select(Device)
+        .options(load_only(Device.id, Device.hardware_profile, Device.group, Device.tags))
+        .where(Device.hardware_profile == selector.profile, Device.state == AdmissionState.ACCEPTED.value)
+    )
+    return sum(1 for d in devices if selector.matches(d) and in_cohort(d.id, rollout.id, percent))
 
 
 def active_rollout_ids(session: Session) -> list[str]:

@@ -165,3 +165,22 @@ def test_a_device_never_leaves_its_cohort(device: str, rollout: str, a: float, b
     assert 0 <= point < 100
     if in_cohort(device, rollout, low):
         assert in_cohort(device, rollout, high)
+
+
+@pytest.mark.parametrize(
+    ("cohort", "succeeded", "expected"),
+    [(None, 2, None), (0, 0, RolloutEvent.ADVANCE), (2, 1, None), (2, 2, RolloutEvent.ADVANCE), (9, 4, None)],
+)
+def test_min_reports_is_capped_by_the_cohort(
+    cohort: int | None, succeeded: int, expected: RolloutEvent | None
+):
+    result = decide(
+        state=R,
+        phase=Phase(1, 0, 5),
+        phase_started_at=NOW,
+        counters=RolloutCounters(succeeded=succeeded),
+        policy=POLICY,
+        now=NOW,
+        cohort_size=cohort,
+    )
+    assert (result[0] if result else None) == expected

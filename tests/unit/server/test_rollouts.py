@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from ota.core.errors import ReplayError
 from ota.core.manifest import Assignment, ReportStatus, verify_assignment
@@ -14,7 +15,7 @@ from ota.server.context import ServerContext
 from ota.server.db import transaction
 from ota.server.director import build_answer, decide_release
 from ota.server.errors import ConflictError
-from ota.server.models import Device, Release, Rollout
+from ota.server.models import AuditEntry, Device, Release, Rollout
 from ota.server.releases import publish_release
 from ota.server.rollout_machine import Phase, RolloutEvent, in_cohort
 from ota.server.rollouts import control_rollout, counters, create_rollout, record_device_status, tick_rollout
@@ -270,3 +271,28 @@ def test_reverting_a_rollout_flags_the_previous_release_as_rollback(
     assert back.rollback is True
     assert back.release_seq is not None and installed.release_seq is not None
     assert back.release_seq < installed.release_seq
+
+
+def test_a_phase_waits_for_no_more_successes_than_its_cohort_holds(
+    ctx: ServerContext, tmp_path: Path
+) -> None:
+    # A 0.5 % phase of 200 devices holds about one device, whatever its min_reports says; waiting for ten
+    # successes would stall the rollout for ever.
+    release = publish(ctx, tmp_path, "1")
+    devices = add_devices(ctx, 200)
+    with transaction(ctx.sessions) as session:
+        rollout = create_rollout(
+            session, release_id=release, phases=[Phase(0.5, 0, 10), Phase(100)], actor="test", now=NOW
+        ).id
+    cohort = [d for d in devices if in_cohort(d, rollout, 0.5)]
+    assert len(cohort) < 10
+    for device in cohort[:-1]:
+        report(ctx, rollout, device, ReportStatus.COMMITTED)
+    if cohort:  # one device of the cohort has not succeeded yet: keep waiting for it
+        assert tick(ctx, rollout, NOW + timedelta(seconds=1)) is None
+        report(ctx, rollout, cohort[-1], ReportStatus.COMMITTED)
+    assert tick(ctx, rollout, NOW + timedelta(seconds=2)) is RolloutEvent.ADVANCE
+    assert state_of(ctx, rollout) == ("running", 1)
+    with ctx.sessions() as session:
+        entry = session.scalars(select(AuditEntry).where(AuditEntry.subject == rollout)).all()[-1]
+    assert f"its cohort holds {len(cohort)} device(s)" in entry.details["reason"]
