@@ -78,6 +78,7 @@ bench: setup bench-tools
 	$(BIN)/python bench/pipeline_bench.py --data synthetic-glyphs
 	$(BIN)/python bench/delta_bench.py
 	$(BIN)/python bench/poll_bench.py
+	$(BIN)/python bench/fleet_bench.py --devices 200 --postgres
 
 clean:
 	rm -rf $(STATE) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -395,8 +395,14 @@ def simulate_fleet(
     finally:
         stop.set()
         summary.finished = time.monotonic()
+        # Keep draining while the workers finish their current poll: their last events (an install whose
+        # report already reached the server) count too, and a worker cannot exit while its queue is full.
+        join_by = time.monotonic() + 30
+        while any(worker.is_alive() for worker in workers) and time.monotonic() < join_by:
+            drain_events(events, summary, until=time.monotonic() + TICK_S)
+        drain_events(events, summary, until=time.monotonic() + TICK_S)
         for worker in workers:
-            worker.join(timeout=30)
+            worker.join(timeout=1)
             if worker.is_alive():
                 worker.terminate()
     if options.show_progress:
