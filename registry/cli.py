@@ -264,3 +264,5 @@ def rollback_version(
             f"[green]rolled back[/] {name} {result.alias}: version {result.demoted_version} → "
             f"{result.restored_version}; {previous} (by {escape(result.actor)} at {result.at})"
         )
+        if result.candidate_withdrawn:
+            out.print(f"the candidate alias pointed at version {result.demoted_version}; removed")

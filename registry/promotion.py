@@ -149,6 +149,7 @@ class RollbackResult:
     actor: str
     at: str
     reason: str
+    candidate_withdrawn: bool = False
 
 
 def default_actor() -> str:
@@ -439,12 +440,15 @@ def rollback(
     who = actor or default_actor()
     when = utc_now()
     why = reason.strip() if reason and reason.strip() else "manual rollback"
+    withdraw_candidate = aliases.get(CANDIDATE_ALIAS) == demoted
     try:
         client.set_registered_model_alias(name, alias, restored)
         if new_previous is not None:
             client.set_registered_model_alias(name, previous_alias, new_previous)
         else:
             client.delete_registered_model_alias(name, previous_alias)
+        if withdraw_candidate:
+            client.delete_registered_model_alias(name, CANDIDATE_ALIAS)
     except MlflowException as exc:
         raise RegistryError(
             f"MLflow refused to roll {name}@{alias} back to version {restored}: {exc}"
@@ -459,7 +463,7 @@ def rollback(
     }
     _set_tags(client, name, restored, audit, ROLLBACK_PREFIX)
     _set_tags(client, name, demoted, audit, ROLLBACK_PREFIX)
-    return RollbackResult(name, alias, demoted, restored, new_previous, who, when, why)
+    return RollbackResult(name, alias, demoted, restored, new_previous, who, when, why, withdraw_candidate)
 
 
 def _set_tags(client: MlflowClient, name: str, version: str, tags: Mapping[str, str], prefix: str) -> None:

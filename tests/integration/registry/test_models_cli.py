@@ -276,6 +276,22 @@ def test_rollback_walks_back_through_promotions(cli: Cli, store: Store) -> None:
     assert store.aliases()["production"] == "1"
 
 
+def test_rollback_withdraws_the_candidate_alias_from_the_demoted_version(cli: Cli, store: Store) -> None:
+    promote_ok(cli, "1")
+    store.client.set_registered_model_alias(MODEL, "candidate", "2")
+    promote_ok(cli, "candidate")
+    assert store.aliases() == {"candidate": "2", "production": "2", "previous": "1"}
+    result = cli("rollback", MODEL, "--reason", "failed on devices")
+    assert result.exit_code == 0, result.output
+    assert "candidate alias pointed at version 2; removed" in result.output
+    assert store.aliases() == {"production": "1"}
+    # A candidate on another version is left alone.
+    promote_ok(cli, "2")
+    store.client.set_registered_model_alias(MODEL, "candidate", "5")
+    assert cli("rollback", MODEL).exit_code == 0
+    assert store.aliases() == {"candidate": "5", "production": "1"}
+
+
 def test_rollback_without_production_is_a_clear_error(cli: Cli) -> None:
     assert_clean_failure(cli("rollback", MODEL), "production")
 
