@@ -68,6 +68,23 @@ def test_latency_over_budget_fails(tmp_path, linear_model):
     assert result.latency_budget_ms == 1e-6
 
 
+@pytest.mark.parametrize(("latency_budget_ms", "stage"), [(1e-6, "latency"), (1e6, "budget")])
+def test_running_out_of_time_names_latency_when_the_calls_were_too_slow(
+    tmp_path, linear_model, latency_budget_ms, stage
+):
+    # The time limit hits after the warm-up: the warm-up calls were timed, so a model that is over its
+    # latency budget is reported as such, not as a mere time-out.
+    model, weights, bias = linear_model(1)
+    config = AgentConfig(warmup_runs=3, latency_runs=5, ort_intra_op_threads=1, health_check_budget_s=1e-9)
+    result = run_health_check(
+        model, _vectors(tmp_path, weights, bias), config=config, latency_budget_ms=latency_budget_ms
+    )
+    assert not result.ok and result.stage == stage, result
+    assert "took longer than its 1e-09 s budget" in (result.reason or "")
+    if stage == "latency":
+        assert result.latency_ms_p50 is not None and result.latency_ms_p50 > latency_budget_ms
+
+
 def test_budget_from_vectors_file_is_used(tmp_path, linear_model):
     model, weights, bias = linear_model(1)
     result = run_health_check(model, _vectors(tmp_path, weights, bias, budget=1e-6), config=CONFIG)
