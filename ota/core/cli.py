@@ -105,7 +105,9 @@ def info_command(patch: Annotated[Path, typer.Argument(help="Patch file.", dir_o
         "result_length",
         "header_length",
         "control_length",
+        "control_method",
         "literal_length",
+        "literal_method",
         "data_length",
     ):
         typer.echo(f"  {name:14} {getattr(header, name)}")

@@ -7,7 +7,10 @@ until the result's sha256 matches:
   thread while the rebuild runs) before anything is published, and first when anything fails;
 * every operation is bounds-checked: copies and tensor reads stay inside the base, writes never pass the
   header's result length (itself capped by ``max_output_bytes``), zstd windows and frames are capped so a
-  patch cannot make the decoder allocate without bound;
+  patch cannot make the decoder allocate without bound, and a model-coded literal section
+  (``literal_model``) is refused beyond ``MAX_LITERAL`` bytes, so it costs at most about 0.3 s and 3 MB;
+* every operation has a length of at least one byte and the operations must add up to the result
+  exactly, so the control stream cannot loop or stop early;
 * output goes to a temp file beside ``out`` and is renamed into place only after its length and sha256
   match; on any failure the temp file is removed, so there is never a half-written output.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import lzma
 import math
 import os
@@ -35,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
+from ota.core.delta import literal_model
 from ota.core.delta.codecs import (
     WORD_DTYPES,
     join_planes,
@@ -55,25 +60,27 @@ from ota.core.delta.format import (
     CHUNK_DENSE,
     CHUNK_WORD_SPARSE,
     DATA_MAX_WINDOW,
-    ITEMSIZES,
+    LITERAL_MODEL,
+    LITERAL_ZSTD,
     LZMA_FILTERS,
     OP_COPY,
-    OP_END,
+    OP_COPY_NEXT,
     OP_LITERAL,
-    OP_TENSOR,
     PLANE_LZMA,
     PLANE_SPARSE,
     PLANE_STORED,
     PLANE_ZSTD,
     SECTION_STORED,
     SECTION_ZSTD,
-    TRANSFORM_NAMES,
     TRANSFORM_RAW,
     TRANSFORM_SCALE,
     ByteSource,
     LiteralDictionary,
     PatchHeader,
+    decode_operation_head,
+    decode_tensor_byte,
     decode_varint,
+    literal_prime,
     read_header,
     read_varint,
     sha256_file,
@@ -125,11 +132,16 @@ def _read_exact(stream: ByteSource, size: int, what: str) -> bytes:
 
 
 def _open_section(
-    handle: BinaryIO, start: int, length: int, *, dictionary: bytes = b"", max_window: int = DATA_MAX_WINDOW
+    handle: BinaryIO,
+    start: int,
+    length: int,
+    method: int,
+    *,
+    dictionary: bytes = b"",
+    max_window: int = DATA_MAX_WINDOW,
 ) -> ByteSource:
-    """Open a control or literal section as a byte stream, decompressing it if its method byte says so."""
+    """Open a stored or zstd-compressed control or literal section as a byte stream."""
     section = _Section(handle, start, length)
-    method = _read_exact(section, 1, "a section header")[0]
     if method == SECTION_STORED:
         return section
     if method != SECTION_ZSTD:
@@ -165,35 +177,36 @@ class _TensorOp:
     base_offset: int | None
 
 
-def _operations(control: ByteSource) -> Iterator[_CopyOp | _LiteralOp | _TensorOp]:
-    """Decode the control stream one operation at a time (offsets made absolute, fields validated)."""
+def _operations(control: ByteSource, result_length: int) -> Iterator[_CopyOp | _LiteralOp | _TensorOp]:
+    """Decode the control stream one operation at a time (offsets made absolute, fields validated).
+
+    Operations run until they account for ``result_length`` bytes; the control section must end there.
+    """
     cursor = 0
-    while True:
-        opcode = _read_exact(control, 1, "the control stream")[0]
-        if opcode == OP_END:
-            return
-        if opcode == OP_COPY:
-            offset = cursor + unzigzag(read_varint(control))
-            length = read_varint(control)
+    produced = 0
+    while produced < result_length:
+        if not (first := control.read(1)):
+            raise PatchCorruptError("the control section ends before the result is complete")
+        head = first[0] if first[0] < 0x80 else (read_varint(control) << 7) | (first[0] & 0x7F)
+        kind, length = decode_operation_head(head)
+        if kind in (OP_COPY_NEXT, OP_COPY):
+            offset = cursor if kind == OP_COPY_NEXT else cursor + unzigzag(read_varint(control))
             cursor = offset + length
+            produced += length
             yield _CopyOp(offset, length)
-        elif opcode == OP_LITERAL:
-            yield _LiteralOp(read_varint(control))
-        elif opcode == OP_TENSOR:
-            head = _read_exact(control, 2, "a tensor operation")
-            transform, itemsize = head[0], head[1]
-            if transform not in TRANSFORM_NAMES or itemsize not in ITEMSIZES:
-                raise PatchCorruptError(
-                    f"tensor operation with unknown transform {transform} or item size {itemsize}"
-                )
-            count = read_varint(control)
+        elif kind == OP_LITERAL:
+            produced += length
+            yield _LiteralOp(length)
+        else:
+            transform, itemsize = decode_tensor_byte(_read_exact(control, 1, "a tensor operation")[0])
             base_offset: int | None = None
             if transform != TRANSFORM_RAW:
                 base_offset = cursor + unzigzag(read_varint(control))
-                cursor = base_offset + count * itemsize
-            yield _TensorOp(transform, itemsize, count, base_offset)
-        else:
-            raise PatchCorruptError(f"unknown operation code {opcode}")
+                cursor = base_offset + length * itemsize
+            produced += length * itemsize
+            yield _TensorOp(transform, itemsize, length, base_offset)
+    if control.read(1):
+        raise PatchCorruptError("the control section goes on after the last operation")
 
 
 class _Output:
@@ -286,18 +299,55 @@ def _sparse_plane(payload: bytes, count: int, decompressor: zstandard.ZstdDecomp
         raise PatchCorruptError(f"a sparse tensor plane is corrupt: {exc}") from exc
 
 
-def _literal_dictionary(header: PatchHeader, patch: BinaryIO, base: _Base) -> bytes:
-    """First pass over the control stream: gather the base ranges the literals replace (their dictionary)."""
+def _literal_plan(header: PatchHeader, patch: BinaryIO, base: _Base) -> tuple[list[tuple[int, int]], int]:
+    """First pass over the control stream: the base ranges the literals replace, and the literals' total."""
     planner = LiteralDictionary(base.length)
-    control = _open_section(patch, header.header_length, header.control_length)
-    for op in _operations(control):
+    control = _open_section(patch, header.header_length, header.control_length, header.control_method_id)
+    total = 0
+    for op in _operations(control, header.result_length):
         if isinstance(op, _CopyOp):
             planner.base_range(op.offset, op.offset + op.length)
         elif isinstance(op, _LiteralOp):
             planner.literal()
+            total += op.length
         elif op.base_offset is not None:
             planner.base_range(op.base_offset, op.base_offset + op.count * op.itemsize)
-    return b"".join(base.read(offset, length) for offset, length in planner.finish())
+    return planner.finish(), total
+
+
+def _open_literals(header: PatchHeader, handle: BinaryIO, base: _Base) -> ByteSource:
+    """The literal stream: its dictionary (zstd) or prime (model) comes from the base, per the operations."""
+    start = header.header_length + header.control_length
+    ranges, total = _literal_plan(header, handle, base)
+    if header.literal_method_id == LITERAL_MODEL:
+        if total > literal_model.MAX_LITERAL or header.literal_length > 2 * literal_model.MAX_LITERAL + 16:
+            raise LimitExceededError(
+                f"model-coded literal section of {header.literal_length} bytes for {total} bytes of literals "
+                f"(at most {literal_model.MAX_LITERAL})"
+            )
+        prime_ranges = literal_prime(ranges, base.length, literal_model.MAX_PRIME)
+        prime = b"".join(base.read(offset, length) for offset, length in prime_ranges)
+        section = _Section(handle, start, header.literal_length)
+        payload = _read_exact(section, header.literal_length, "the literal section")
+        try:
+            return io.BytesIO(literal_model.decode(payload, prime, total))
+        except ValueError as exc:
+            raise PatchCorruptError(f"model-coded literal section is corrupt: {exc}") from exc
+    dictionary = b""
+    if header.literal_method_id == LITERAL_ZSTD:
+        dictionary = b"".join(base.read(offset, length) for offset, length in ranges)
+    # The literal stream may reference its whole dictionary plus everything it wrote: cap the window
+    # there, so a patch cannot ask the decoder for more memory than the result it promises.
+    needed = header.result_length + len(dictionary) + 1
+    window = 1 << min(_MAX_LITERAL_WINDOW_LOG, max(10, math.ceil(math.log2(needed))))
+    return _open_section(
+        handle,
+        start,
+        header.literal_length,
+        header.literal_method_id,
+        dictionary=dictionary,
+        max_window=window,
+    )
 
 
 def _run(header: PatchHeader, patch_path: Path, base: _Base, output: _Output) -> None:
@@ -307,28 +357,15 @@ def _run(header: PatchHeader, patch_path: Path, base: _Base, output: _Output) ->
         patch_path.open("rb") as literal_handle,
         patch_path.open("rb") as data_handle,
     ):
-        dictionary = _literal_dictionary(header, control_handle, base) if header.literal_length else b""
-        control = _open_section(control_handle, start, header.control_length)
-        literals: ByteSource | None = None
-        if header.literal_length:
-            # The literal stream may reference its whole dictionary plus everything it wrote: cap the window
-            # there, so a patch cannot ask the decoder for more memory than the result it promises.
-            needed = header.result_length + len(dictionary) + 1
-            window = 1 << min(_MAX_LITERAL_WINDOW_LOG, max(10, math.ceil(math.log2(needed))))
-            literals = _open_section(
-                literal_handle,
-                start + header.control_length,
-                header.literal_length,
-                dictionary=dictionary,
-                max_window=window,
-            )
+        literals = _open_literals(header, literal_handle, base) if header.literal_length else None
+        control = _open_section(control_handle, start, header.control_length, header.control_method_id)
         data = _Section(
             data_handle, start + header.control_length + header.literal_length, header.data_length
         )
         plane_decompressor = zstandard.ZstdDecompressor(
             max_window_size=DATA_MAX_WINDOW, format=zstandard.FORMAT_ZSTD1_MAGICLESS
         )
-        for op in _operations(control):
+        for op in _operations(control, header.result_length):
             if isinstance(op, _CopyOp):
                 output.reserve(op.length, "a copy")
                 for piece in range(op.offset, op.offset + op.length, _IO_CHUNK):

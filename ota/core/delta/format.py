@@ -1,37 +1,48 @@
-"""The EdgeFleet delta patch format (version 1): header, constants and parsers shared by make and apply.
+"""The EdgeFleet delta patch format (version 2): header, constants and parsers shared by make and apply.
 
 Sits at the bottom of ``ota.core.delta``: pure stdlib, no I/O beyond reading a header, so both the OTA server
 (which writes patches) and the edge agent (which reads them) share exactly one definition.
 
-Layout (all integers are unsigned LEB128 varints unless stated)::
+Every byte of framing counts for the smallest patches (a metadata-only release is a hundred-odd bytes of new
+text next to two 32-byte digests), so the header is packed: one flags byte carries the codec and the
+section methods, lengths are unsigned LEB128 varints, and the data section's length is implied.
 
-    magic        4 bytes  b"EFDL"
-    version      1 byte   FORMAT_VERSION
-    codec        1 byte   CODEC_MODEL (tensor-aware) or CODEC_GENERIC (zstd patch-from / plain zstd)
-    flags        1 byte   bit 0: the patch has a base
-    base_sha256  32 bytes only when flag bit 0 is set
-    base_length  varint   only when flag bit 0 is set
-    result_sha256 32 bytes
-    result_length varint
-    control_len  varint   bytes of the control section
-    literal_len  varint   bytes of the literal section (0 when there are no literals)
-    data_len     varint   bytes of the tensor data section (plane records, see below)
+Header::
 
-The three sections follow, and nothing else: the file length must equal the header plus the three lengths.
-The control and literal sections start with a method byte (SECTION_STORED or SECTION_ZSTD); zstd frames in
-patches are magic-less (``zstandard.FORMAT_ZSTD1_MAGICLESS``): small patches are all overhead otherwise.
+    magic          2 bytes  b"EF"
+    version        1 byte   FORMAT_VERSION (2; version 1 patches, magic b"EFDL", are refused by name)
+    flags          1 byte   bits 0-1: codec, CODEC_MODEL (tensor-aware) or CODEC_GENERIC (no tensor ops)
+                            bit 2: the patch has a base
+                            bits 3-4: literal section method (LITERAL_STORED, LITERAL_ZSTD, LITERAL_MODEL)
+                            bit 5: the control section is zstd-compressed (else stored)
+                            bits 6-7: zero
+    result_sha256  32 bytes
+    result_length  varint
+    base_sha256    32 bytes only with a base
+    base_length    varint   only with a base: zigzag(base_length - result_length)
+    control_length varint   bytes of the control section
+    literal_length varint   bytes of the literal section
+    (the tensor data section is the rest of the file)
 
-Control section = operations, then OP_END::
+zstd frames in patches are magic-less (``zstandard.FORMAT_ZSTD1_MAGICLESS``), without checksum, content
+size or dictionary id: small patches are all overhead otherwise.
 
-    OP_COPY    zigzag(base_offset - cursor), length      copy base bytes; cursor = end of the range
-    OP_LITERAL length                                   the next bytes of the literal stream
-    OP_TENSOR  transform (1 byte), itemsize (1 byte),   one tensor, rebuilt chunk by chunk from the data
-               count, [zigzag(base_offset - cursor)     section (and the base tensor unless RAW);
-               unless RAW]                              cursor = end of the base tensor
+Control section = operations until the output holds ``result_length`` bytes, then nothing. Each starts
+with a varint ``length << 2 | kind`` (length at least 1, so every operation makes progress)::
 
-Literal section: one stream, zstd-compressed with a raw-content dictionary made of the base bytes each
-literal replaces (see :class:`LiteralDictionary`), so a changed protobuf skeleton costs only its changes.
-For the generic codec the single literal replaces the whole base: ``zstd --patch-from``.
+    OP_COPY_NEXT  (length)                          copy base bytes at the cursor; cursor += length
+    OP_COPY       (length), zigzag(offset - cursor) copy base bytes at offset; cursor = end of the range
+    OP_LITERAL    (length)                          the next bytes of the literal stream
+    OP_TENSOR     (element count), a byte           one tensor, rebuilt chunk by chunk from the data
+                  transform << 2 | log2(itemsize),  section (and the base tensor unless RAW);
+                  [zigzag(offset - cursor) unless   cursor = end of the base tensor
+                  RAW]
+
+Literal section: one stream, all literals in order. LITERAL_ZSTD compresses it with a raw-content dictionary
+made of the base bytes each literal replaces (see :class:`LiteralDictionary`), so a changed protobuf
+skeleton costs only its changes; for the generic codec's single literal that is the whole base: ``zstd
+--patch-from``. LITERAL_MODEL codes a short stream (at most ``literal_model.MAX_LITERAL`` bytes) with the
+context-mixing model of ``literal_model``, primed with :func:`literal_prime`.
 
 Data section: for each OP_TENSOR, for TRANSFORM_SCALE first ``channels`` (varint) and that many float32
 scales; then for each chunk (see :func:`tensor_chunks`) a mode byte: CHUNK_DENSE, then for each byte plane
@@ -48,7 +59,6 @@ frame (varint), the token frame, then the value frame; see ``codecs.sparse_encod
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,19 +66,27 @@ from typing import Protocol
 
 from ota.core.delta.errors import DeltaInputError, PatchCorruptError, PatchFormatError
 
-MAGIC = b"EFDL"
-FORMAT_VERSION = 1
+MAGIC = b"EF"
+FORMAT_VERSION = 2
+# Version 1 began with a four-byte magic; recognised only to name it in the error.
+_MAGIC_V1 = b"EFDL"
 
 CODEC_MODEL = 1
 CODEC_GENERIC = 2
-CODEC_NAMES: dict[int, str] = {CODEC_MODEL: "model-aware", CODEC_GENERIC: "generic-zstd"}
+CODEC_NAMES: dict[int, str] = {CODEC_MODEL: "model-aware", CODEC_GENERIC: "generic"}
 
-FLAG_HAS_BASE = 0x01
+_FLAG_CODEC_MASK = 0x03
+_FLAG_HAS_BASE = 0x04
+_FLAG_LITERAL_SHIFT = 3
+_FLAG_LITERAL_MASK = 0x18
+_FLAG_CONTROL_ZSTD = 0x20
+_FLAG_RESERVED = 0xC0
 
-OP_END = 0
+OP_COPY_NEXT = 0
 OP_COPY = 1
 OP_LITERAL = 2
 OP_TENSOR = 3
+_OP_KIND_BITS = 2
 
 TRANSFORM_RAW = 0  # plane-shuffled new tensor, no base needed
 TRANSFORM_XOR = 1  # new XOR base (as little-endian unsigned words), then plane-shuffled
@@ -111,8 +129,13 @@ CHUNK_CHANGED_WORDS = 2
 
 SECTION_STORED = 0
 SECTION_ZSTD = 1
+# Literal section methods (the control section is SECTION_STORED or SECTION_ZSTD).
+LITERAL_STORED = SECTION_STORED
+LITERAL_ZSTD = SECTION_ZSTD
+LITERAL_MODEL = 2
+SECTION_NAMES: dict[int, str] = {LITERAL_STORED: "stored", LITERAL_ZSTD: "zstd", LITERAL_MODEL: "model"}
 
-ITEMSIZES = (1, 2, 4, 8)
+ITEMSIZES = (1, 2, 4, 8)  # OP_TENSOR stores log2 of the item size
 
 # Tensors are rebuilt in chunks so apply holds a few chunks, not a whole tensor: 256 Ki elements is 1 MiB of
 # float32, big enough that a plane still fills many zstd blocks and compresses as well as the whole tensor.
@@ -127,7 +150,7 @@ DATA_MAX_WINDOW = 1 << 21
 
 # A varint longer than this cannot describe any length we accept (2**63 needs 9 bytes of 7 bits).
 _MAX_VARINT_BYTES = 10
-_HEADER_MAX = 4 + 3 + 32 + 32 + 6 * _MAX_VARINT_BYTES
+_HEADER_MAX = 2 + 2 + 32 + 32 + 4 * _MAX_VARINT_BYTES
 
 
 def tensor_chunks(count: int, inner: int = 1, itemsize: int = 4) -> Iterator[tuple[int, int]]:
@@ -187,6 +210,34 @@ class LiteralDictionary:
             self._high = end
 
 
+def literal_prime(ranges: list[tuple[int, int]], base_length: int, limit: int) -> list[tuple[int, int]]:
+    """The base ranges that prime LITERAL_MODEL's model: the same rule in make and apply.
+
+    The last ``limit`` bytes of: the start of the base, then the literal dictionary (``ranges``, from
+    :class:`LiteralDictionary`). So the bytes the literals replace come first when there are any (an edited
+    doc string is best predicted by the old one), and the start of the base fills the rest (an ONNX file's
+    header and first nodes: protobuf framing and identifiers, the alphabet of a new doc string or metadata
+    entry). The start of the base stops where the first of those ranges begins, so no byte comes twice.
+
+    Returns:
+        (offset, length) ranges of the base, in order, totalling at most ``limit`` bytes.
+    """
+    prime: list[tuple[int, int]] = []
+    budget = limit
+    for offset, length in reversed(ranges):
+        if budget <= 0:
+            break
+        take = min(length, budget)
+        prime.append((offset + length - take, take))
+        budget -= take
+    # Then the start of the base, up to where the ranges begin (no byte twice).
+    head = min(budget, base_length, prime[-1][0] if prime else base_length)
+    if head > 0:
+        prime.append((0, head))
+    prime.reverse()
+    return prime
+
+
 class ByteSource(Protocol):
     """Anything with a file-like ``read``: a file, a section of one, or a zstd stream reader."""
 
@@ -201,16 +252,17 @@ class PatchHeader:
 
     Attributes:
         version: Format version (``FORMAT_VERSION``).
-        codec: ``"model-aware"`` (tensor-aware operations) or ``"generic-zstd"`` (zstd with the base as
-            dictionary, or plain zstd without a base).
+        codec: ``"model-aware"`` (tensor-aware operations) or ``"generic"`` (copies and literals only).
         base_sha256: Hex sha256 of the base the patch applies to, or ``None`` for a full (no-base) patch.
         base_length: Length in bytes of that base, or ``None`` for a full patch.
         result_sha256: Hex sha256 of the file the patch rebuilds.
         result_length: Length in bytes of the file the patch rebuilds.
         control_length: Bytes of the control section.
         literal_length: Bytes of the literal section.
-        data_length: Bytes of the tensor data section.
+        data_length: Bytes of the tensor data section (the rest of the file).
         header_length: Bytes of the header itself.
+        control_method: ``"stored"`` or ``"zstd"``.
+        literal_method: ``"stored"``, ``"zstd"`` or ``"model"`` (see ``literal_model``).
     """
 
     version: int
@@ -223,6 +275,8 @@ class PatchHeader:
     literal_length: int
     data_length: int
     header_length: int
+    control_method: str = "stored"
+    literal_method: str = "stored"
 
     @property
     def patch_length(self) -> int:
@@ -233,6 +287,16 @@ class PatchHeader:
     def codec_id(self) -> int:
         """The numeric codec written in the header."""
         return next(key for key, name in CODEC_NAMES.items() if name == self.codec)
+
+    @property
+    def control_method_id(self) -> int:
+        """SECTION_STORED or SECTION_ZSTD."""
+        return SECTION_ZSTD if self.control_method == "zstd" else SECTION_STORED
+
+    @property
+    def literal_method_id(self) -> int:
+        """LITERAL_STORED, LITERAL_ZSTD or LITERAL_MODEL."""
+        return next(key for key, name in SECTION_NAMES.items() if name == self.literal_method)
 
 
 def encode_varint(value: int) -> bytes:
@@ -305,6 +369,75 @@ def read_varint(stream: ByteSource) -> int:
     raise PatchCorruptError("a varint is longer than ten bytes")
 
 
+def encode_copy(length: int, offset_delta: int | None = None) -> bytes:
+    """An OP_COPY_NEXT (``offset_delta`` None or 0) or OP_COPY operation.
+
+    Raises:
+        ValueError: If ``length`` is not positive (a writer bug).
+    """
+    _positive(length)
+    if not offset_delta:
+        return encode_varint(length << _OP_KIND_BITS | OP_COPY_NEXT)
+    return encode_varint(length << _OP_KIND_BITS | OP_COPY) + encode_varint(zigzag(offset_delta))
+
+
+def encode_literal(length: int) -> bytes:
+    """An OP_LITERAL operation.
+
+    Raises:
+        ValueError: If ``length`` is not positive (a writer bug).
+    """
+    _positive(length)
+    return encode_varint(length << _OP_KIND_BITS | OP_LITERAL)
+
+
+def encode_tensor(transform: int, itemsize: int, count: int, offset_delta: int | None) -> bytes:
+    """An OP_TENSOR operation (``offset_delta`` is None exactly for TRANSFORM_RAW).
+
+    Raises:
+        ValueError: On an unknown transform or item size, a count that is not positive, or an offset given
+            for RAW or missing for another transform (writer bugs).
+    """
+    _positive(count)
+    if transform not in TRANSFORM_NAMES or itemsize not in ITEMSIZES:
+        raise ValueError(f"no tensor operation for transform {transform} and item size {itemsize}")
+    if (offset_delta is None) != (transform == TRANSFORM_RAW):
+        raise ValueError("a tensor operation has a base offset exactly when it is not RAW")
+    head = encode_varint(count << _OP_KIND_BITS | OP_TENSOR) + bytes(
+        [transform << 2 | ITEMSIZES.index(itemsize)]
+    )
+    return head if offset_delta is None else head + encode_varint(zigzag(offset_delta))
+
+
+def decode_operation_head(head: int) -> tuple[int, int]:
+    """Split an operation's first varint into (kind, length).
+
+    Raises:
+        PatchCorruptError: If the length is zero (no operation may leave the output where it was).
+    """
+    kind, length = head & ((1 << _OP_KIND_BITS) - 1), head >> _OP_KIND_BITS
+    if length == 0:
+        raise PatchCorruptError("an operation of length zero")
+    return kind, length
+
+
+def decode_tensor_byte(value: int) -> tuple[int, int]:
+    """Split an OP_TENSOR's transform byte into (transform, itemsize).
+
+    Raises:
+        PatchCorruptError: On an unknown transform or reserved bits.
+    """
+    transform, size_code = value >> 2, value & 0x03
+    if transform not in TRANSFORM_NAMES:
+        raise PatchCorruptError(f"tensor operation with unknown transform {transform}")
+    return transform, ITEMSIZES[size_code]
+
+
+def _positive(value: int) -> None:
+    if value < 1:
+        raise ValueError(f"operation lengths are at least 1, not {value}")
+
+
 def encode_header(
     *,
     codec: int,
@@ -314,73 +447,93 @@ def encode_header(
     result_length: int,
     control_length: int,
     literal_length: int,
-    data_length: int,
+    control_method: int = SECTION_STORED,
+    literal_method: int = LITERAL_STORED,
 ) -> bytes:
-    """Serialise a header (the writer's half of :func:`parse_header`).
+    """Serialise a header (the writer's half of :func:`parse_header`); the data section is what follows.
 
     Raises:
-        ValueError: If a digest is not 32 bytes or base fields are half given (writer bugs).
+        ValueError: If a digest is not 32 bytes, base fields are half given, or a codec or method is
+            unknown (writer bugs).
     """
     if len(result_sha256) != 32 or (base_sha256 is not None and len(base_sha256) != 32):
         raise ValueError("sha256 digests must be 32 bytes")
     if (base_sha256 is None) != (base_length is None):
         raise ValueError("base_sha256 and base_length go together")
-    flags = FLAG_HAS_BASE if base_sha256 is not None else 0
-    parts = [MAGIC, struct.pack("<BBB", FORMAT_VERSION, codec, flags)]
+    if codec not in CODEC_NAMES or literal_method not in SECTION_NAMES or control_method not in (0, 1):
+        raise ValueError(f"unknown codec {codec} or section methods {control_method}, {literal_method}")
+    flags = codec | literal_method << _FLAG_LITERAL_SHIFT
+    if base_sha256 is not None:
+        flags |= _FLAG_HAS_BASE
+    if control_method == SECTION_ZSTD:
+        flags |= _FLAG_CONTROL_ZSTD
+    parts = [MAGIC, bytes([FORMAT_VERSION, flags]), result_sha256, encode_varint(result_length)]
     if base_sha256 is not None and base_length is not None:
-        parts += [base_sha256, encode_varint(base_length)]
-    parts += [
-        result_sha256,
-        encode_varint(result_length),
-        encode_varint(control_length),
-        encode_varint(literal_length),
-        encode_varint(data_length),
-    ]
+        parts += [base_sha256, encode_varint(zigzag(base_length - result_length))]
+    parts += [encode_varint(control_length), encode_varint(literal_length)]
     return b"".join(parts)
 
 
-def parse_header(prefix: bytes, *, file_length: int | None = None) -> PatchHeader:
+def parse_header(prefix: bytes, *, file_length: int) -> PatchHeader:
     """Parse and check a header from the first bytes of a patch.
 
     Args:
         prefix: The first bytes of the patch (at least the whole header; extra bytes are ignored).
-        file_length: The patch's total length, to check the sections add up; ``None`` skips that check.
+        file_length: The patch's total length: the data section is what the header and the control and
+            literal sections leave of it.
 
     Raises:
-        PatchFormatError: Wrong magic, unknown version, codec or flags.
-        PatchCorruptError: The header is truncated, or the sections do not add up to ``file_length``.
+        PatchFormatError: Wrong magic, unknown version, codec, section method or flags.
+        PatchCorruptError: The header is truncated, or its sections do not fit in ``file_length``.
     """
-    if len(prefix) < 4 or prefix[:4] != MAGIC:
+    if prefix[:4] == _MAGIC_V1:
+        raise PatchFormatError(
+            f"this is a format version 1 patch; this build reads version {FORMAT_VERSION} only "
+            "(make the patch again)"
+        )
+    if len(prefix) < len(MAGIC) or prefix[: len(MAGIC)] != MAGIC:
         raise PatchFormatError("not an EdgeFleet delta patch (bad magic bytes)")
-    if len(prefix) < 7:
+    if len(prefix) < 4:
         raise PatchCorruptError("patch header is truncated")
-    version, codec, flags = prefix[4], prefix[5], prefix[6]
+    version, flags = prefix[2], prefix[3]
     if version != FORMAT_VERSION:
         raise PatchFormatError(
             f"patch format version {version} is not supported (this build reads {FORMAT_VERSION})"
         )
+    codec = flags & _FLAG_CODEC_MASK
+    literal_method = (flags & _FLAG_LITERAL_MASK) >> _FLAG_LITERAL_SHIFT
     if codec not in CODEC_NAMES:
         raise PatchFormatError(f"unknown patch codec {codec}")
-    if flags & ~FLAG_HAS_BASE:
+    if literal_method not in SECTION_NAMES:
+        raise PatchFormatError(f"unknown literal section method {literal_method}")
+    if flags & _FLAG_RESERVED:
         raise PatchFormatError(f"unknown patch header flags 0x{flags:02x}")
-    position = 7
-    base_hex: str | None = None
-    base_length: int | None = None
-    if flags & FLAG_HAS_BASE:
-        if len(prefix) < position + 32:
-            raise PatchCorruptError("patch header is truncated inside the base sha256")
-        base_hex = prefix[position : position + 32].hex()
-        base_length, position = decode_varint(prefix, position + 32)
+    position = 4
     if len(prefix) < position + 32:
         raise PatchCorruptError("patch header is truncated inside the result sha256")
     result_hex = prefix[position : position + 32].hex()
     result_length, position = decode_varint(prefix, position + 32)
+    base_hex: str | None = None
+    base_length: int | None = None
+    if flags & _FLAG_HAS_BASE:
+        if len(prefix) < position + 32:
+            raise PatchCorruptError("patch header is truncated inside the base sha256")
+        base_hex = prefix[position : position + 32].hex()
+        base_delta, position = decode_varint(prefix, position + 32)
+        base_length = result_length + unzigzag(base_delta)
+        if base_length < 0:
+            raise PatchCorruptError(f"patch header gives the base a negative length ({base_length})")
     control_length, position = decode_varint(prefix, position)
     literal_length, position = decode_varint(prefix, position)
-    data_length, position = decode_varint(prefix, position)
-    if control_length == 0:
+    if control_length == 0 and result_length > 0:
         raise PatchCorruptError("patch has an empty control section")
-    header = PatchHeader(
+    data_length = file_length - position - control_length - literal_length
+    if data_length < 0:
+        raise PatchCorruptError(
+            f"patch is {file_length} bytes but its header and sections need "
+            f"{position + control_length + literal_length} (truncated or damaged)"
+        )
+    return PatchHeader(
         version=version,
         codec=CODEC_NAMES[codec],
         base_sha256=base_hex,
@@ -391,13 +544,9 @@ def parse_header(prefix: bytes, *, file_length: int | None = None) -> PatchHeade
         literal_length=literal_length,
         data_length=data_length,
         header_length=position,
+        control_method="zstd" if flags & _FLAG_CONTROL_ZSTD else "stored",
+        literal_method=SECTION_NAMES[literal_method],
     )
-    if file_length is not None and header.patch_length != file_length:
-        raise PatchCorruptError(
-            f"patch is {file_length} bytes but its header describes {header.patch_length} bytes "
-            "(truncated or damaged)"
-        )
-    return header
 
 
 def read_header(patch: Path) -> PatchHeader:

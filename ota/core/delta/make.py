@@ -22,6 +22,7 @@ import hashlib
 import lzma
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
+from ota.core.delta import literal_model
 from ota.core.delta.codecs import (
     WORD_DTYPES,
     fit_channel_scales,
@@ -46,12 +48,11 @@ from ota.core.delta.format import (
     CHUNK_WORD_SPARSE,
     CODEC_GENERIC,
     CODEC_MODEL,
+    LITERAL_MODEL,
+    LITERAL_STORED,
+    LITERAL_ZSTD,
     LZMA_FILTERS,
     LZMA_PRESET,
-    OP_COPY,
-    OP_END,
-    OP_LITERAL,
-    OP_TENSOR,
     PLANE_LZMA,
     PLANE_SPARSE,
     PLANE_STORED,
@@ -64,11 +65,14 @@ from ota.core.delta.format import (
     TRANSFORM_XOR,
     LiteralDictionary,
     PatchHeader,
+    encode_copy,
     encode_header,
+    encode_literal,
+    encode_tensor,
     encode_varint,
+    literal_prime,
     parse_header,
     tensor_chunks,
-    zigzag,
 )
 from ota.core.delta.onnx_layout import ONNX_ITEMSIZE, TensorSpan, parse_onnx_layout
 
@@ -90,6 +94,12 @@ PLANE_SPARSE_LEVEL = 3
 WORD_SPARSE_MAX_CHANGED = 0.7
 # Skeleton literals and the control stream are small: always the strongest level.
 LITERAL_LEVEL = 19
+# The literal model (literal_model.py) costs up to 0.3 s of apply CPU, against milliseconds for zstd: it is
+# used when it makes the whole patch at least 1/MODEL_MIN_GAIN smaller (a metadata-only patch: a fifth; a
+# fine-tune's changed skeleton: a few hundredths of a percent, not worth it).
+MODEL_MIN_GAIN = 100
+# The header's size for that estimate: two digests and a few varints.
+HEADER_ESTIMATE = 80
 # The generic candidate runs on whole files, like `zstd -19 --patch-from --long`. A fast estimate comes first
 # (level 3 with long-distance matching, a second or so on 45 MB); the strong pass runs only when that
 # estimate is within 5 % of the model-aware candidate: on model files a strong pass gains less than that
@@ -101,6 +111,9 @@ GENERIC_LEVEL = 19
 GENERIC_BIG_BYTES = 32 << 20
 GENERIC_BIG_LEVEL = 12
 GENERIC_STRONG_MARGIN = 1.05
+# The generic edit candidate (copy the common prefix and suffix, send the middle) is tried when the middle is
+# at most this big: a small edit of a non-model file, or of a model whose layout does not parse.
+EDIT_MAX_LITERAL = 1 << 16
 MAX_WINDOW_LOG = 31
 # External-data lookup reads sibling .onnx files: few, and small ones (the weights live in the data file).
 MAX_SIBLING_MODELS = 16
@@ -178,20 +191,24 @@ def _huffman() -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(compression_params=params)
 
 
-def _section(payload: bytes, compressed: bytes) -> bytes:
-    """A control or literal section: its method byte, then whichever of stored or zstd is smaller."""
-    if not payload:
-        return b""
-    if len(compressed) < len(payload):
-        return bytes([SECTION_ZSTD]) + compressed
-    return bytes([SECTION_STORED]) + payload
+@dataclass(frozen=True)
+class _Sections:
+    """A patch body: each section with the method it is written with."""
+
+    control: bytes
+    control_method: int
+    literals: bytes
+    literal_method: int
+    data: bytes
 
 
-def _compress_literals(
-    literals: bytes, dictionary: bytes, *, level: int = LITERAL_LEVEL, ldm: bool = False
-) -> bytes:
-    if not literals:
-        return b""
+def _smallest(candidates: list[tuple[int, bytes]]) -> tuple[int, bytes]:
+    """The shortest (method, payload); on a tie the lowest method (stored), cheapest to apply."""
+    return min(candidates, key=lambda candidate: (len(candidate[1]), candidate[0]))
+
+
+def _zstd_literals(literals: bytes, dictionary: bytes, *, level: int, ldm: bool) -> bytes:
+    """zstd of the literal stream, ``dictionary`` as raw content (``--patch-from`` for the generic codec)."""
     total = len(literals) + len(dictionary)
     params = zstandard.ZstdCompressionParameters.from_level(
         level,
@@ -209,12 +226,33 @@ def _compress_literals(
         if dictionary
         else None
     )
-    compressed = zstandard.ZstdCompressor(dict_data=zdict, compression_params=params).compress(literals)
-    return _section(literals, compressed)
+    return zstandard.ZstdCompressor(dict_data=zdict, compression_params=params).compress(literals)
 
 
-def _control(control: bytes) -> bytes:
-    return _section(control, _zstd(LITERAL_LEVEL).compress(control))
+def _choose_literals(
+    plain: tuple[int, bytes], model: Callable[[], bytes] | None, rest: int
+) -> tuple[int, bytes]:
+    """The smaller literal section, but the model coder only where it is worth its apply time.
+
+    Args:
+        plain: The best of stored and zstd, as (method, payload).
+        model: Codes the literals with the literal model, or ``None`` when they are too long for it.
+        rest: Bytes of the patch outside the literal section.
+    """
+    # The model saves at most the whole plain section: skip it (0.1 s of make) when even that is too little.
+    if model is None or len(plain[1]) * MODEL_MIN_GAIN < rest:
+        return plain
+    coded = model()
+    saving = len(plain[1]) - len(coded)
+    if saving > 0 and saving * MODEL_MIN_GAIN >= rest + len(coded):
+        return LITERAL_MODEL, coded
+    return plain
+
+
+def _control(control: bytes) -> tuple[int, bytes]:
+    if not control:
+        return SECTION_STORED, b""
+    return _smallest([(SECTION_STORED, control), (SECTION_ZSTD, _zstd(LITERAL_LEVEL).compress(control))])
 
 
 def _encode_plane(plane: bytes, *, lzma_too: bool = False) -> bytes:
@@ -334,6 +372,24 @@ def _common_prefix(left: bytes, right: bytes, limit: int) -> int:
     return length
 
 
+def _common_suffix(left: bytes, right: bytes, limit: int) -> int:
+    """Length of the common suffix of ``left`` and ``right``, at most ``limit`` (compared in blocks)."""
+    length = 0
+    block = 4096
+    while length < limit:
+        step = min(block, limit - length)
+        if (
+            left[len(left) - length - step : len(left) - length]
+            == right[len(right) - length - step : len(right) - length]
+        ):
+            length += step
+            continue
+        if step == 1:
+            break
+        block = max(1, step // 2)
+    return length
+
+
 def _big(spans: list[TensorSpan]) -> list[TensorSpan]:
     return [span for span in spans if span.length >= MIN_TENSOR_BYTES]
 
@@ -433,8 +489,8 @@ def _coalesce(ops: list[_Op]) -> list[_Op]:
     return merged
 
 
-def _encode_model(new: bytes, base: bytes | None, ops: list[_Op]) -> tuple[bytes, bytes, bytes]:
-    """Serialise planned ops into (control, literals, data) sections."""
+def _encode_model(new: bytes, base: bytes | None, ops: list[_Op]) -> _Sections:
+    """Serialise planned ops into their sections."""
     control = bytearray()
     dictionary = LiteralDictionary(len(base) if base is not None else 0)
     literal_parts: list[bytes] = []
@@ -445,19 +501,17 @@ def _encode_model(new: bytes, base: bytes | None, ops: list[_Op]) -> tuple[bytes
     cursor = 0
     for op in ops:
         if isinstance(op, _Copy):
-            control += (
-                bytes([OP_COPY]) + encode_varint(zigzag(op.base_offset - cursor)) + encode_varint(op.length)
-            )
+            control += encode_copy(op.length, op.base_offset - cursor)
             cursor = op.base_offset + op.length
             dictionary.base_range(op.base_offset, cursor)
         elif isinstance(op, _Literal):
-            control += bytes([OP_LITERAL]) + encode_varint(len(op.data))
+            control += encode_literal(len(op.data))
             literal_parts.append(op.data)
             dictionary.literal()
         else:
-            control += bytes([OP_TENSOR, op.transform, op.itemsize]) + encode_varint(op.count)
+            offset_delta = None if op.base_offset is None else op.base_offset - cursor
+            control += encode_tensor(op.transform, op.itemsize, op.count, offset_delta)
             if op.base_offset is not None:
-                control += encode_varint(zigzag(op.base_offset - cursor))
                 cursor = op.base_offset + op.count * op.itemsize
                 dictionary.base_range(op.base_offset, cursor)
             if op.scales is not None:
@@ -470,37 +524,103 @@ def _encode_model(new: bytes, base: bytes | None, ops: list[_Op]) -> tuple[bytes
                     base_start = op.base_offset + first * op.itemsize
                     base_chunk = base_view[base_start : base_start + count * op.itemsize]
                 jobs.append((new_view[start:stop], base_chunk, op, first))
-    control += bytes([OP_END])
     # zstd releases the GIL, so threads compress planes in parallel; map keeps the order.
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         data = b"".join(pool.map(lambda job: job if isinstance(job, bytes) else _encode_chunk(*job), jobs))
-    ranges = dictionary.finish()
-    dict_bytes = b"".join(base[offset : offset + length] for offset, length in ranges) if base else b""
-    literals = _compress_literals(b"".join(literal_parts), dict_bytes)
-    return _control(bytes(control)), literals, data
+    control_method, control_section = _control(bytes(control))
+    literal_method, literals = _literal_section(
+        b"".join(literal_parts), base, dictionary.finish(), HEADER_ESTIMATE + len(control_section) + len(data)
+    )
+    return _Sections(control_section, control_method, literals, literal_method, data)
 
 
-def _encode_generic(new: bytes, base: bytes | None, *, level: int) -> tuple[bytes, bytes, bytes]:
-    # One literal replacing the whole base: the dictionary rule makes the whole base the dictionary.
-    control = (bytes([OP_LITERAL]) + encode_varint(len(new)) if new else b"") + bytes([OP_END])
-    literals = _compress_literals(new, base or b"", level=level, ldm=len(new) + len(base or b"") > 1 << 24)
-    return _control(control), literals, b""
+def _literal_section(
+    literals: bytes,
+    base: bytes | None,
+    ranges: list[tuple[int, int]],
+    rest: int,
+    *,
+    level: int = LITERAL_LEVEL,
+    ldm: bool = False,
+) -> tuple[int, bytes]:
+    """The literal section for ``literals``: stored, zstd, or the literal model.
+
+    Args:
+        literals: The literal stream.
+        base: The base, for the dictionary and the model's prime.
+        ranges: The dictionary ranges the operations imply (see ``format.LiteralDictionary``).
+        rest: Bytes of the patch outside the literal section.
+        level: zstd level.
+        ldm: Whether zstd uses long-distance matching.
+    """
+    if not literals:
+        return LITERAL_STORED, b""
+    base = base or b""
+    whole = ranges == [(0, len(base))]  # the generic codec: no need to copy the whole base
+    dict_bytes = base if whole else b"".join(base[offset : offset + length] for offset, length in ranges)
+    plain = _smallest(
+        [
+            (LITERAL_STORED, literals),
+            (LITERAL_ZSTD, _zstd_literals(literals, dict_bytes, level=level, ldm=ldm)),
+        ]
+    )
+
+    def model() -> bytes:
+        prime_ranges = literal_prime(ranges, len(base), literal_model.MAX_PRIME)
+        prime = b"".join(base[offset : offset + length] for offset, length in prime_ranges)
+        return literal_model.encode(literals, prime)
+
+    return _choose_literals(plain, model if len(literals) <= literal_model.MAX_LITERAL else None, rest)
 
 
-def _assemble(codec: int, new: bytes, base: bytes | None, sections: tuple[bytes, bytes, bytes]) -> bytes:
-    control, literals, data = sections
+def _encode_generic(new: bytes, base: bytes | None, *, level: int) -> _Sections:
+    """One literal replacing the whole base (the dictionary rule makes the whole base its dictionary)."""
+    control = encode_literal(len(new)) if new else b""
+    ranges = [(0, len(base))] if base else []
+    ldm = len(new) + len(base or b"") > 1 << 24
+    control_method, control_section = _control(control)
+    literal_method, literals = _literal_section(
+        new, base, ranges, HEADER_ESTIMATE + len(control_section), level=level, ldm=ldm
+    )
+    return _Sections(control_section, control_method, literals, literal_method, b"")
+
+
+def _plan_edit(new: bytes, base: bytes) -> list[_Op] | None:
+    """Copy the prefix and suffix ``new`` shares with ``base``, a literal for the middle: for small edits.
+
+    Returns:
+        The operations, or ``None`` when the middle is too big for this to beat the generic codec.
+    """
+    limit = min(len(base), len(new))
+    prefix = _common_prefix(base, new, limit)
+    suffix = _common_suffix(base, new, limit - prefix)
+    middle = new[prefix : len(new) - suffix]
+    if len(middle) > EDIT_MAX_LITERAL:
+        return None
+    ops: list[_Op] = []
+    if prefix:
+        ops.append(_Copy(0, prefix))
+    if middle:
+        ops.append(_Literal(middle))
+    if suffix:
+        ops.append(_Copy(len(base) - suffix, suffix))
+    return ops
+
+
+def _assemble(codec: int, new: bytes, base: bytes | None, sections: _Sections) -> bytes:
     header = encode_header(
         codec=codec,
         base_sha256=hashlib.sha256(base).digest() if base is not None else None,
         base_length=len(base) if base is not None else None,
         result_sha256=hashlib.sha256(new).digest(),
         result_length=len(new),
-        control_length=len(control),
-        literal_length=len(literals),
-        data_length=len(data),
+        control_length=len(sections.control),
+        literal_length=len(sections.literals),
+        control_method=sections.control_method,
+        literal_method=sections.literal_method,
     )
-    return header + control + literals + data
+    return header + sections.control + sections.literals + sections.data
 
 
 def _inline_layout(data: bytes) -> list[TensorSpan] | None:
@@ -569,6 +689,9 @@ def build_patch(
         DeltaError: Never for well-formed inputs; only writer bugs would raise.
     """
     candidates = [_assemble(CODEC_GENERIC, new, base, _encode_generic(new, base, level=GENERIC_FAST_LEVEL))]
+    edit = _plan_edit(new, base) if base is not None else None
+    if edit is not None:
+        candidates.append(_assemble(CODEC_GENERIC, new, base, _encode_model(new, base, edit)))
     new_spans = new_spans if new_spans is not None else _inline_layout(new)
     if base is not None and base_spans is None:
         base_spans = _inline_layout(base)

@@ -23,6 +23,7 @@ def test_make_apply_info_roundtrip(small_patch: tuple[Path, Path, Path], tmp_pat
     info = runner.invoke(delta_app, ["info", str(patch)])
     assert info.exit_code == 0
     assert "result_length" in info.output and str(new.stat().st_size) in info.output
+    assert "literal_method" in info.output and "control_method" in info.output
 
 
 def test_full_make_and_apply_without_base(small_patch: tuple[Path, Path, Path], tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from ota.core.delta import (
     PatchFormatError,
     ResultMismatchError,
     apply_delta,
+    literal_model,
     make_delta,
     read_header,
 )
@@ -26,17 +27,18 @@ from ota.core.delta.format import (
     CHUNK_CHANGED_WORDS,
     CHUNK_DENSE,
     CHUNK_WORD_SPARSE,
-    OP_COPY,
-    OP_END,
-    OP_LITERAL,
+    LITERAL_MODEL,
+    LITERAL_ZSTD,
     OP_TENSOR,
-    SECTION_STORED,
     TRANSFORM_SCALE,
     TRANSFORM_XOR,
     PatchHeader,
+    encode_copy,
     encode_header,
+    encode_literal,
+    encode_tensor,
     encode_varint,
-    zigzag,
+    literal_prime,
 )
 
 
@@ -59,19 +61,18 @@ def _assert_fails(
 def _field_offsets(patch: bytes) -> dict[str, tuple[int, int]]:
     """(offset, length) of each header field of a delta patch (base present)."""
     header = read_header_bytes(patch)
-    fields = {"magic": (0, 4), "version": (4, 1), "codec": (5, 1), "flags": (6, 1), "base_sha256": (7, 32)}
-    position = 39
-    for name in ["base_length"]:
-        length = len(encode_varint(header.base_length or 0))
-        fields[name] = (position, length)
-        position += length
-    fields["result_sha256"] = (position, 32)
+    assert header.base_length is not None
+    fields = {"magic": (0, 2), "version": (2, 1), "flags": (3, 1), "result_sha256": (4, 32)}
+    position = 36
+    length = len(encode_varint(header.result_length))
+    fields["result_length"] = (position, length)
+    position += length
+    fields["base_sha256"] = (position, 32)
     position += 32
     for name, value in [
-        ("result_length", header.result_length),
+        ("base_length", 2 * (header.base_length - header.result_length)),  # zigzag of a non-negative delta
         ("control_length", header.control_length),
         ("literal_length", header.literal_length),
-        ("data_length", header.data_length),
     ]:
         length = len(encode_varint(value))
         fields[name] = (position, length)
@@ -89,15 +90,13 @@ def read_header_bytes(patch: bytes) -> PatchHeader:
 FIELDS = [
     "magic",
     "version",
-    "codec",
     "flags",
-    "base_sha256",
-    "base_length",
     "result_sha256",
     "result_length",
+    "base_sha256",
+    "base_length",
     "control_length",
     "literal_length",
-    "data_length",
 ]
 
 
@@ -125,10 +124,10 @@ def test_every_header_field_corrupted_gives_typed_error_and_no_output(
         ("magic", PatchFormatError),
         ("version", PatchFormatError),
         ("flags", PatchFormatError),
-        ("base_sha256", BaseMismatchError),
         ("result_sha256", ResultMismatchError),
+        ("base_sha256", BaseMismatchError),
+        ("base_length", BaseMismatchError),
         ("control_length", PatchCorruptError),
-        ("data_length", PatchCorruptError),
     ],
 )
 def test_header_fields_map_to_specific_errors(
@@ -143,13 +142,32 @@ def test_header_fields_map_to_specific_errors(
     _assert_fails(old, bad, tmp_path / "out.onnx", error)
 
 
-def test_unknown_codec_is_a_format_error(patched: tuple[Path, Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("flags", "what"),
+    [
+        (0x04, "codec 0"),
+        (0x07, "codec 3"),
+        (0x05 | 3 << 3, "literal method 3"),
+        (0x45, "reserved bit 6"),
+        (0x85, "reserved bit 7"),
+    ],
+)
+def test_unknown_codec_method_or_flag_is_a_format_error(
+    patched: tuple[Path, Path, Path], tmp_path: Path, flags: int, what: str
+) -> None:
     old, _, patch = patched
     data = bytearray(patch.read_bytes())
-    data[5] = 0x77
+    data[3] = flags
     bad = tmp_path / "bad.efd"
     bad.write_bytes(bytes(data))
     _assert_fails(old, bad, tmp_path / "out.onnx", PatchFormatError)
+
+
+def test_version_1_patches_are_refused_by_name(tmp_path: Path) -> None:
+    bad = tmp_path / "v1.efd"
+    bad.write_bytes(b"EFDL\x01\x01\x01" + bytes(80))
+    error = _assert_fails(None, bad, tmp_path / "out", PatchFormatError)
+    assert "version 1" in str(error)
 
 
 def test_truncations_give_typed_errors(patched: tuple[Path, Path, Path], tmp_path: Path) -> None:
@@ -162,7 +180,7 @@ def test_truncations_give_typed_errors(patched: tuple[Path, Path, Path], tmp_pat
         bad = tmp_path / f"cut{cut}.efd"
         bad.write_bytes(data[:cut])
         _assert_fails(old, bad, tmp_path / "out.onnx", DeltaError)
-    # Extra bytes at the end are refused too (the header says exactly how long the patch is).
+    # Extra bytes at the end are refused too (they would be tensor data that no operation reads).
     bad = tmp_path / "long.efd"
     bad.write_bytes(data + b"\x00")
     _assert_fails(old, bad, tmp_path / "out.onnx", PatchCorruptError)
@@ -214,23 +232,21 @@ def test_not_a_patch(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- crafted patches: valid header, hostile body
 def _crafted(tmp_path: Path, base: bytes, control: bytes, *, literal: bytes = b"", data: bytes = b"",
-             result: bytes = b"x" * 10) -> tuple[Path, Path]:  # fmt: skip
+             result: bytes = b"x" * 10, literal_method: int = 0) -> tuple[Path, Path]:  # fmt: skip
     base_path = tmp_path / "base"
     base_path.write_bytes(base)
-    control_section = bytes([SECTION_STORED]) + control
-    literal_section = bytes([SECTION_STORED]) + literal if literal else b""
     header = encode_header(
         codec=1,
         base_sha256=hashlib.sha256(base).digest(),
         base_length=len(base),
         result_sha256=hashlib.sha256(result).digest(),
         result_length=len(result),
-        control_length=len(control_section),
-        literal_length=len(literal_section),
-        data_length=len(data),
+        control_length=len(control),
+        literal_length=len(literal),
+        literal_method=literal_method,
     )
     patch = tmp_path / "crafted.efd"
-    patch.write_bytes(header + control_section + literal_section + data)
+    patch.write_bytes(header + control + literal + data)
     return base_path, patch
 
 
@@ -238,24 +254,26 @@ def _v(value: int) -> bytes:
     return encode_varint(value)
 
 
-END = bytes([OP_END])
-XOR4 = bytes([OP_TENSOR, TRANSFORM_XOR, 4])
-XOR1 = bytes([OP_TENSOR, TRANSFORM_XOR, 1])
+def _tensor_head(count: int, transform_byte: int) -> bytes:
+    return _v(count << 2 | OP_TENSOR) + bytes([transform_byte])
+
+
 CRAFTED = [
-    ("copy past the end of the base", bytes([OP_COPY]) + _v(zigzag(90)) + _v(20) + END, LimitExceededError),
-    ("copy before the base", bytes([OP_COPY]) + _v(zigzag(-5)) + _v(3) + END, LimitExceededError),
-    ("copy more than the result", bytes([OP_COPY]) + _v(0) + _v(50) + END, LimitExceededError),
-    ("huge literal", bytes([OP_LITERAL]) + _v(2**60) + END, LimitExceededError),
-    ("literal without section", bytes([OP_LITERAL]) + _v(5) + END, PatchCorruptError),
-    ("unknown opcode", bytes([0x42]), PatchCorruptError),
-    ("missing end", bytes([OP_COPY]) + _v(0) + _v(5), PatchCorruptError),
-    ("overlong varint", bytes([OP_COPY]) + b"\xff" * 12, PatchCorruptError),
-    ("tensor too big", XOR4 + _v(2**40) + _v(0) + END, LimitExceededError),
-    ("tensor bad itemsize", bytes([OP_TENSOR, TRANSFORM_XOR, 3]) + _v(1) + _v(0) + END, PatchCorruptError),
-    ("tensor bad transform", bytes([OP_TENSOR, 9, 4]) + _v(1) + _v(0) + END, PatchCorruptError),
-    ("tensor outside base", XOR1 + _v(5) + _v(zigzag(98)) + END, LimitExceededError),
-    ("tensor without data", XOR1 + _v(5) + _v(0) + END, PatchCorruptError),
-    ("short result", bytes([OP_COPY]) + _v(0) + _v(4) + END, ResultMismatchError),
+    ("copy past the end of the base", encode_copy(10, 95), LimitExceededError),
+    ("copy before the base", encode_copy(3, -5), LimitExceededError),
+    ("copy more than the result", encode_copy(50), LimitExceededError),
+    ("huge literal", encode_literal(2**60), LimitExceededError),
+    ("literal without section", encode_literal(5) + encode_copy(5), PatchCorruptError),
+    ("zero-length operation", b"\x00", PatchCorruptError),
+    ("control ends before the result", encode_copy(5), PatchCorruptError),
+    ("bytes after the last operation", encode_copy(10) + b"\x04", PatchCorruptError),
+    ("overlong varint", b"\xff" * 12, PatchCorruptError),
+    ("tensor too big", encode_tensor(TRANSFORM_XOR, 4, 2**40, 0), LimitExceededError),
+    ("tensor bad transform", _tensor_head(1, 9 << 2 | 2) + _v(0), PatchCorruptError),
+    ("tensor without its transform byte", _v(1 << 2 | OP_TENSOR), PatchCorruptError),
+    ("tensor outside base", encode_tensor(TRANSFORM_XOR, 1, 5, 98), LimitExceededError),
+    ("tensor without data", encode_tensor(TRANSFORM_XOR, 1, 5, 0) + encode_copy(5), PatchCorruptError),
+    ("wrong bytes", encode_copy(10), ResultMismatchError),
 ]
 
 
@@ -267,8 +285,22 @@ def test_crafted_operations_are_bounded(
     _assert_fails(base, patch, tmp_path / "out", error)
 
 
+def test_operation_encoders_refuse_what_apply_would() -> None:
+    with pytest.raises(ValueError):
+        encode_copy(0)
+    with pytest.raises(ValueError):
+        encode_literal(0)
+    with pytest.raises(ValueError):
+        encode_tensor(TRANSFORM_XOR, 3, 1, 0)
+    with pytest.raises(ValueError):
+        encode_tensor(TRANSFORM_XOR, 4, 1, None)
+    # The small cases are one byte: a copy of the next 23 base bytes, a 31-byte literal.
+    assert len(encode_copy(23)) == 1 and len(encode_literal(31)) == 1
+    assert len(encode_copy(23, 0)) == 1 and len(encode_copy(23, -1)) == 2
+
+
 def test_crafted_data_section_is_checked(tmp_path: Path) -> None:
-    control = bytes([OP_TENSOR, TRANSFORM_XOR, 1]) + _v(5) + _v(0) + bytes([OP_END])
+    control = encode_tensor(TRANSFORM_XOR, 1, 5, 0) + encode_copy(5)
     dense = bytes([CHUNK_DENSE])
     cases = {
         "stored plane of the wrong size": dense + b"\x00" + _v(4) + b"abcd",
@@ -292,16 +324,56 @@ def test_crafted_data_section_is_checked(tmp_path: Path) -> None:
 
 def test_crafted_scale_tensor_checks_channels(tmp_path: Path) -> None:
     for channels in (0, 3, 7):
-        control = bytes([OP_TENSOR, TRANSFORM_SCALE, 4]) + _v(4) + _v(0) + bytes([OP_END])
+        control = encode_tensor(TRANSFORM_SCALE, 4, 4, 0)
         data = _v(channels) + bytes(4 * channels)
         base, patch = _crafted(tmp_path, bytes(range(100)), control, data=data, result=b"x" * 16)
         _assert_fails(base, patch, tmp_path / "out", PatchCorruptError)
 
 
 def test_crafted_literal_with_garbage_zstd(tmp_path: Path) -> None:
-    control = bytes([OP_LITERAL]) + _v(10) + bytes([OP_END])
-    base, patch = _crafted(tmp_path, bytes(range(100)), control, literal=b"garbage!!")
-    raw = bytearray(patch.read_bytes())
-    raw[-10] = 1  # the literal section's method byte (before its 9 bytes): claim zstd
-    patch.write_bytes(bytes(raw))
+    base, patch = _crafted(
+        tmp_path, bytes(range(100)), encode_literal(10), literal=b"garbage!!", literal_method=LITERAL_ZSTD
+    )
     _assert_fails(base, patch, tmp_path / "out", PatchCorruptError)
+
+
+# ---------------------------------------------------------------- the model-coded literal section
+def _model_patch(
+    tmp_path: Path, result: bytes, payload: bytes, *, length: int | None = None
+) -> tuple[Path, Path]:
+    count = len(result) if length is None else length
+    return _crafted(
+        tmp_path,
+        bytes(range(100)),
+        encode_literal(count),
+        literal=payload,
+        result=result,
+        literal_method=LITERAL_MODEL,
+    )
+
+
+def test_crafted_model_literal_roundtrips_and_checks_its_payload(tmp_path: Path) -> None:
+    result = b"release notes: same weights, new notes"
+    # One literal replacing the whole base: the dictionary rule makes the whole base its prime.
+    prime = bytes(range(100))
+    assert literal_prime([(0, 100)], 100, literal_model.MAX_PRIME) == [(0, 100)]
+    payload = literal_model.encode(result, prime)
+    base, patch = _model_patch(tmp_path, result, payload)
+    apply_delta(base, patch, tmp_path / "ok")
+    assert (tmp_path / "ok").read_bytes() == result
+    # Bytes the decoder never reaches: the payload was tampered with or mis-framed.
+    base, patch = _model_patch(tmp_path, result, payload + bytes(8))
+    _assert_fails(base, patch, tmp_path / "out", PatchCorruptError)
+    # A damaged payload still decodes to something; the result's sha256 refuses it.
+    damaged = bytes([payload[0] ^ 0x40]) + payload[1:]
+    base, patch = _model_patch(tmp_path, result, damaged)
+    _assert_fails(base, patch, tmp_path / "out", ResultMismatchError)
+
+
+def test_crafted_model_literal_is_bounded(tmp_path: Path) -> None:
+    too_long = b"x" * (literal_model.MAX_LITERAL + 1)
+    base, patch = _model_patch(tmp_path, too_long, b"\x00" * 16)
+    _assert_fails(base, patch, tmp_path / "out", LimitExceededError)
+    # A payload far longer than any model-coded stream of the allowed size is refused before decoding.
+    base, patch = _model_patch(tmp_path, b"x" * 10, bytes(3 * literal_model.MAX_LITERAL))
+    _assert_fails(base, patch, tmp_path / "out", LimitExceededError)

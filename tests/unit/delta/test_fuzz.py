@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ota.core.delta import DeltaError, apply_delta, make_delta, read_header
@@ -47,7 +48,7 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
 
 
 def test_fuzz_apply_with_mutated_and_random_patches(
-    small_patch: tuple[Path, Path, Path], tmp_path: Path
+    small_patch: tuple[Path, Path, Path], tmp_path: Path, onnx_model: Callable[..., bytes]
 ) -> None:
     old, _, patch = small_patch
     # A generic-codec patch too, so both decoders get fuzzed.
@@ -56,7 +57,12 @@ def test_fuzz_apply_with_mutated_and_random_patches(
     blob_new.write_bytes(blob_old.read_bytes()[:1000] + b"inserted" + blob_old.read_bytes()[1000:])
     generic = tmp_path / "generic.efd"
     make_delta(blob_old, blob_new, generic)
-    seeds = [(old, patch.read_bytes()), (blob_old, generic.read_bytes())]
+    # And a metadata-only change, whose literal section is model-coded.
+    meta_old, meta_new, meta = tmp_path / "meta-old", tmp_path / "meta-new", tmp_path / "meta.efd"
+    meta_old.write_bytes(onnx_model({}))
+    meta_new.write_bytes(onnx_model({}, doc="release 7: new notes", props={"owner": "perception"}))
+    assert make_delta(meta_old, meta_new, meta).literal_method == "model"
+    seeds = [(old, patch.read_bytes()), (blob_old, generic.read_bytes()), (meta_old, meta.read_bytes())]
     header_length = read_header(patch).header_length
 
     rng = random.Random(20261128)

@@ -140,9 +140,18 @@ def test_metadata_only_change_is_tiny(
     onnx_model: Callable[..., bytes], tensors: Callable[..., dict[str, np.ndarray]]
 ) -> None:
     old = onnx_model(tensors(0))
-    new = onnx_model(tensors(0), doc="release notes", props={"release": "2"})
+    new = onnx_model(
+        tensors(0), doc="EdgeFleet release 2026.11.28: same weights, new notes.", props={"release": "2"}
+    )
     size, _ = _roundtrip(old, new)
-    assert size < 200
+    # Two digests (64 B), a packed header, four operations and the new text, coded by the literal model.
+    assert size < 150
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "old").write_bytes(old)
+        (folder / "new").write_bytes(new)
+        header = make_delta(folder / "old", folder / "new", folder / "patch")
+    assert header.literal_method == "model"
 
 
 def test_unchanged_file_costs_only_the_header(model_pair: tuple[Path, Path]) -> None:
