@@ -2,6 +2,11 @@
 
 Each section maps to one stage in ``ml/``; the ZenML steps receive these models, so a typo in a YAML key
 fails the run up front with a pydantic message naming the key.
+
+``init_from`` turns a run into a fine-tune of a registered version (see :mod:`ml.warmstart`): the student
+starts from that version's stored torch weights, is not pruned again, and is re-quantized the way its parent
+was; the parent's teacher is reused (or fine-tuned first, ``init_teacher``). ``data.extra_train`` adds new
+samples to the training split only.
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     seed: int = 0
+    extra_train: tuple[str, ...] = Field(
+        (),
+        description="More sources (.npz files or image folders with the same classes and sample shape) "
+        "whose samples join the training split only; validation and test stay those of `source`.",
+    )
 
 
 class TrainConfig(_Section):
@@ -84,10 +94,26 @@ class ProfileGates(_Section):
     max_size_kb: float = Field(1e12, gt=0)
 
 
+# models:/NAME/VERSION or models:/NAME@ALIAS, NAME as in ``model_name`` plus a profile suffix.
+INIT_FROM_PATTERN = r"^models:/[A-Za-z0-9][A-Za-z0-9._-]{0,199}(/[0-9]+|@[A-Za-z0-9][A-Za-z0-9_-]{0,99})$"
+
+
 class TrainingPipelineConfig(_Section):
     """Everything the training pipeline needs; the ``parameters.config`` block of a YAML."""
 
     model_name: str = Field("edgefleet-digits", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    init_from: str | None = Field(
+        None,
+        pattern=INIT_FROM_PATTERN,
+        description="Fine-tune a registered version (`models:/NAME/VERSION` or `models:/NAME@ALIAS`) "
+        "instead of training from random weights: its teacher and student weights are the start, the "
+        "student keeps its (pruned) architecture and zeros, and `prune` is not applied.",
+    )
+    init_teacher: Literal["reuse", "fine-tune"] = Field(
+        "reuse",
+        description="With init_from: `reuse` keeps the parent's teacher unchanged, for distillation and as "
+        "the accuracy-drop gate's reference; `fine-tune` trains it first with the `teacher` settings.",
+    )
     data: DataConfig = DataConfig()
     teacher: TrainConfig = TrainConfig()
     student: DistillConfig = DistillConfig()

@@ -353,8 +353,11 @@ def _default_cache_dir() -> Path:
     return Path(os.environ.get("EDGEFLEET_HOME", ".edgefleet")) / "datasets"
 
 
-def split(
-    x: np.ndarray,
+Normalization = tuple[Sequence[float], Sequence[float]]
+"""Per-channel ``(mean, std)`` of raw pixels, as :attr:`DataSplits.channel_mean` / ``channel_std`` hold."""
+
+
+def split_indices(
     y: np.ndarray,
     class_names: Sequence[str],
     *,
@@ -362,43 +365,39 @@ def split(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 0,
-) -> DataSplits:
-    """Deterministic stratified train/val/test split, normalised with the training split's statistics.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row numbers of the deterministic stratified train/val/test split that :func:`split` makes.
 
-    Every class keeps (up to rounding) its share in every split. The same inputs and ``seed`` always give
-    the same split. Normalisation is per channel: ``(x - mean) / std`` with ``mean`` and ``std`` from the
-    training split only.
+    Exposed so that data derived from the training rows only (e.g. :mod:`ml.field`) can be made without
+    touching validation or test samples.
 
     Args:
-        x: Raw inputs as a loader returns them.
-        y: Labels.
-        class_names: One name per class.
-        name: Recorded as :attr:`DataSplits.name`.
+        y: Validated int64 labels.
+        class_names: One name per class (every class needs a sample in every split).
+        name: What to name in error messages.
         val_fraction: Share of all samples for validation, in (0, 1).
         test_fraction: Share of all samples for test, in (0, 1); with ``val_fraction`` below 1.
         seed: Seed of the split.
 
     Returns:
-        The :class:`DataSplits`.
+        Sorted ``(train, val, test)`` index arrays.
 
     Raises:
-        DataError: If the data fails :func:`validate`, a fraction is out of range, a class has too few
-            samples to appear in every split, or the training inputs are constant.
+        DataError: A fraction is out of range, or a class has too few samples to appear in every split.
     """
-    x, y, names = validate(x, y, class_names, source=name)
     for fraction_name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < fraction < 1.0:
             raise DataError(f"{fraction_name} must be in (0, 1), got {fraction}")
     if val_fraction + test_fraction >= 1.0:
         raise DataError(f"val_fraction + test_fraction must be below 1, got {val_fraction + test_fraction}")
-    counts = np.bincount(y, minlength=len(names))
+    counts = np.bincount(y, minlength=len(class_names))
     for label, count in enumerate(counts):
         if count < MIN_SAMPLES_PER_CLASS:
             raise DataError(
-                f"{name}: class {names[label]!r} has {count} sample(s); a stratified split needs at least "
-                f"{MIN_SAMPLES_PER_CLASS} per class"
+                f"{name}: class {class_names[label]!r} has {count} sample(s); a stratified split needs at "
+                f"least {MIN_SAMPLES_PER_CLASS} per class"
             )
-    present = len(names)
+    present = len(class_names)
     n_test = round(len(y) * test_fraction)
     n_val = round(len(y) * val_fraction)
     if min(n_test, n_val) < present or len(y) - n_test - n_val < present:
@@ -416,30 +415,149 @@ def split(
     except ValueError as exc:
         raise DataError(f"{name}: cannot split: {exc}") from exc
     # Sorting keeps the original order inside each split, so the split depends only on the seed.
-    train, val, test = np.sort(train), np.sort(val), np.sort(test)
+    return np.sort(train), np.sort(val), np.sort(test)
 
-    x_train = x[train]
-    mean = x_train.mean(axis=(0, 2, 3), dtype=np.float64)
-    std = x_train.std(axis=(0, 2, 3), dtype=np.float64)
-    if (std < 1e-8).any():
-        raise DataError(f"{name}: training inputs are constant in a channel; nothing to learn from")
+
+def combined_fingerprint(base: str, extra_train: Sequence[str]) -> str:
+    """The fingerprint of a data set plus training-only additions: sha256 over the parts' fingerprints.
+
+    Without additions it is ``base`` itself, so a plain data set keeps the fingerprint of its arrays.
+    """
+    if not extra_train:
+        return base
+    digest = hashlib.sha256(f"base|{base}|".encode())
+    for part in extra_train:
+        digest.update(f"train+|{part}|".encode())
+    return digest.hexdigest()
+
+
+def _checked_normalization(normalization: Normalization, channels: int, name: str) -> tuple[np.ndarray, ...]:
+    mean = np.asarray(normalization[0], dtype=np.float64)
+    std = np.asarray(normalization[1], dtype=np.float64)
+    if mean.shape != (channels,) or std.shape != (channels,):
+        raise DataError(
+            f"{name}: the given normalization has {mean.size} mean and {std.size} std values "
+            f"for {channels} channel(s)"
+        )
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 1e-8).all()):
+        raise DataError(f"{name}: the given normalization must be finite with std > 0")
+    return mean, std
+
+
+def split(
+    x: np.ndarray,
+    y: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    name: str,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    extra_train: Sequence[tuple[str, Arrays]] = (),
+    normalization: Normalization | None = None,
+) -> DataSplits:
+    """Deterministic stratified train/val/test split, normalised with the training split's statistics.
+
+    Every class keeps (up to rounding) its share in every split. The same inputs and ``seed`` always give
+    the same split. Normalisation is per channel: ``(x - mean) / std`` with ``mean`` and ``std`` from the
+    training split only (extra training samples included), unless ``normalization`` pins them.
+
+    Args:
+        x: Raw inputs as a loader returns them.
+        y: Labels.
+        class_names: One name per class.
+        name: Recorded as :attr:`DataSplits.name`.
+        val_fraction: Share of all samples for validation, in (0, 1).
+        test_fraction: Share of all samples for test, in (0, 1); with ``val_fraction`` below 1.
+        seed: Seed of the split.
+        extra_train: ``(source, arrays)`` pairs as :func:`load_dataset` returns them, appended to the
+            training split only; validation and test are exactly those of ``x`` alone. The fingerprint
+            then covers them too (:func:`combined_fingerprint`).
+        normalization: Per-channel ``(mean, std)`` to use instead of the training split's, e.g. those
+            a fine-tuned parent model was trained with, so its inputs mean the same thing.
+
+    Returns:
+        The :class:`DataSplits`.
+
+    Raises:
+        DataError: If the data fails :func:`validate`, a fraction is out of range, a class has too few
+            samples to appear in every split, an extra source has other classes or another sample
+            shape, the normalization does not fit, or the training inputs are constant.
+    """
+    x, y, names = validate(x, y, class_names, source=name)
+    train, val, test = split_indices(
+        y, names, name=name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+    )
+
+    raw_train, y_train = x[train], y[train]
+    extra_fingerprints: list[str] = []
+    for source, (x_extra, y_extra, extra_names) in extra_train:
+        if tuple(extra_names) != names:
+            raise DataError(
+                f"extra training data {source} has classes {list(extra_names)}, but {name} has {list(names)}"
+            )
+        if x_extra.shape[1:] != x.shape[1:]:
+            raise DataError(
+                f"extra training data {source} has samples of shape {x_extra.shape[1:]}, "
+                f"but {name} has {x.shape[1:]}"
+            )
+        raw_train = np.concatenate([raw_train, x_extra.astype(np.float32)])
+        y_train = np.concatenate([y_train, y_extra.astype(np.int64)])
+        extra_fingerprints.append(fingerprint(x_extra, y_extra))
+
+    if normalization is None:
+        mean = raw_train.mean(axis=(0, 2, 3), dtype=np.float64)
+        std = raw_train.std(axis=(0, 2, 3), dtype=np.float64)
+        if (std < 1e-8).any():
+            raise DataError(f"{name}: training inputs are constant in a channel; nothing to learn from")
+    else:
+        mean, std = _checked_normalization(normalization, x.shape[1], name)
     mean_b = mean.astype(np.float32).reshape(1, -1, 1, 1)
     std_b = std.astype(np.float32).reshape(1, -1, 1, 1)
 
-    def norm(part: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray((x[part] - mean_b) / std_b, dtype=np.float32)
+    def norm(raw: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray((raw - mean_b) / std_b, dtype=np.float32)
 
     return DataSplits(
         name=name,
-        x_train=norm(train),
-        y_train=y[train],
-        x_val=norm(val),
+        x_train=norm(raw_train),
+        y_train=y_train,
+        x_val=norm(x[val]),
         y_val=y[val],
-        x_test=norm(test),
+        x_test=norm(x[test]),
         y_test=y[test],
         num_classes=len(names),
         class_names=names,
-        fingerprint=fingerprint(x, y),
+        fingerprint=combined_fingerprint(fingerprint(x, y), extra_fingerprints),
         channel_mean=tuple(float(v) for v in mean),
         channel_std=tuple(float(v) for v in std),
+    )
+
+
+def load_splits(
+    source: str,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    extra_train: Sequence[str] = (),
+    normalization: Normalization | None = None,
+) -> DataSplits:
+    """Load ``source`` and ``extra_train`` with :func:`load_dataset` and :func:`split` them.
+
+    Raises:
+        DataError: A source is missing or bad, or the split fails (see :func:`split`).
+    """
+    x, y, names = load_dataset(source)
+    extras = [(extra, load_dataset(extra)) for extra in extra_train]
+    return split(
+        x,
+        y,
+        names,
+        name=source,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        extra_train=extras,
+        normalization=normalization,
     )

@@ -6,7 +6,8 @@ MLError
 ├── PruningError         a pruning request that the network cannot satisfy
 ├── ExportError          ONNX export, checker or parity failure
 ├── QuantizationError    calibration or quantization failure
-└── GateError            no variant passes a profile's gates; the message is the gate table
+├── GateError            no variant passes a profile's gates; the message is the gate table
+└── WarmStartError       stored weights to fine-tune from are missing, corrupt or do not fit the data
 """
 
 from __future__ import annotations
@@ -38,3 +39,7 @@ class QuantizationError(MLError):
 
 class GateError(MLError):
     """No variant passes every gate of a profile. ``str(error)`` is a table of gate, value and limit."""
+
+
+class WarmStartError(MLError):
+    """Weights to warm-start from cannot be used: missing, corrupt, or made for other data."""

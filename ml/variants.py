@@ -5,13 +5,18 @@ Pipeline steps 3–5 in one plain function (see ARCHITECTURE.md), shared by the 
 FP32 models to ONNX with a parity check, quantize to INT8 (static QDQ with calibration on training data,
 dynamic, and QAT), then score every variant on the held-out test split (accuracy, top-1 agreement with its
 FP32 parent). The result is a folder of ``.onnx`` files plus ``variants.json``, which is what the ZenML
-artifact store keeps.
+artifact store keeps, and the torch weights of every FP32 variant (``ml.warmstart``), which the register
+step stores with a version so that a later run can fine-tune it.
+
+A fine-tune (``init_from``) passes ``prune=None``: its student is already the parent's pruned module, so it
+is exported under the parent's FP32 name and quantized only the way the parent shipped
+(``ml.warmstart.student_plan``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +34,7 @@ from ml.prune import prune_report, prune_structured, prune_unstructured
 from ml.quantize import export_qat, prepare_qat, quantize_dynamic_int8, quantize_static_int8
 from ml.report import write_atomic
 from ml.train import fit_splits
+from ml.warmstart import INT8_KINDS, save_net
 
 MANIFEST = "variants.json"
 Log = Callable[[str], None]
@@ -45,6 +51,7 @@ class VariantInfo:
     accuracy: float
     agreement_with_parent: float | None = None
     parity_max_abs_diff: float | None = None
+    torch_weights: str | None = None  # FP32 variants: stem of the ``.pt``/``.json`` pair (ml.warmstart)
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,10 @@ def build_variants(
     student: ConvNet,
     splits: DataSplits,
     folder: Path,
-    prune: PruneConfig,
+    prune: PruneConfig | None,
     quantize: QuantizeConfig,
+    student_name: str = "student-fp32",
+    student_int8: Collection[str] | None = None,
     threads: int = 1,
     log: Log = lambda _message: None,
     calibration_progress: Callable[[str], Callable[[int, int], None] | None] = lambda _name: None,
@@ -86,8 +95,13 @@ def build_variants(
         student: The distilled student.
         splits: The data: training inputs calibrate and fine-tune; the test split scores.
         folder: Output folder (created).
-        prune: Pruning settings.
+        prune: Pruning settings; None for a student that is already final (a fine-tune of a pruned
+            parent), which is then exported and quantized as it is.
         quantize: Quantization settings.
+        student_name: The student's FP32 variant name (a fine-tune keeps its parent's, e.g.
+            ``student-structured-fp32``).
+        student_int8: INT8 kinds to make of the student (``ml.warmstart.INT8_KINDS``); None makes the
+            configured ones (static always, dynamic and QAT if ``quantize`` says so).
         threads: ONNX Runtime threads for scoring.
         log: Receives one line per stage.
         calibration_progress: Given a variant name, returns the ``progress(done, total)`` callback its
@@ -98,38 +112,56 @@ def build_variants(
 
     Raises:
         PruningError, ExportError, QuantizationError: A stage failed (see ``ml.errors``).
+        DataError: ``student_name`` is not an FP32 name, or ``student_int8`` names an unknown kind.
     """
+    if not student_name.endswith("-fp32") or student_name.startswith("teacher"):
+        raise DataError(f"the student's variant name must end in -fp32, got {student_name!r}")
+    kinds = tuple(student_int8) if student_int8 is not None else _configured_kinds(quantize)
+    unknown = sorted(set(kinds) - set(INT8_KINDS))
+    if unknown:
+        raise DataError(f"unknown INT8 kinds {unknown}; expected some of {list(INT8_KINDS)}")
     folder.mkdir(parents=True, exist_ok=True)
     shape = splits.input_shape
     teacher.eval()
     student.eval()
-    log(f"pruning: structured {prune.structured_ratio:.0%}, unstructured {prune.unstructured_sparsity:.0%}")
-    fine_tune = _fine_tuner(splits, prune.fine_tune)
-    structured = prune_structured(
-        student, prune.structured_ratio, multiple_of=prune.multiple_of, fine_tune=fine_tune
-    ).eval()
-    sparse = prune_unstructured(student, prune.unstructured_sparsity, fine_tune=fine_tune).eval()
+    fp32_models: dict[str, ConvNet] = {"teacher-fp32": teacher, student_name: student}
     pruning: list[tuple[str, str, float, float, float]] = []
-    for label, pruned in (("structured", structured), ("unstructured", sparse)):
-        report = prune_report(label, student, pruned, shape, threads=threads)
-        pruning.extend((label, *row) for row in report.rows())
+    if prune is not None:
+        log(
+            f"pruning: structured {prune.structured_ratio:.0%}, "
+            f"unstructured {prune.unstructured_sparsity:.0%}"
+        )
+        fine_tune = _fine_tuner(splits, prune.fine_tune)
+        structured = prune_structured(
+            student, prune.structured_ratio, multiple_of=prune.multiple_of, fine_tune=fine_tune
+        ).eval()
+        sparse = prune_unstructured(student, prune.unstructured_sparsity, fine_tune=fine_tune).eval()
+        for label, pruned in (("structured", structured), ("unstructured", sparse)):
+            report = prune_report(label, student, pruned, shape, threads=threads)
+            pruning.extend((label, *row) for row in report.rows())
+        fp32_models |= {"student-structured-fp32": structured, "student-sparse-fp32": sparse}
+    else:
+        log(f"no pruning: {student_name} is the fine-tuned parent, already pruned")
 
     log("exporting FP32 variants to ONNX (parity-checked against torch)")
-    fp32_models: dict[str, ConvNet] = {
-        "teacher-fp32": teacher,
-        "student-fp32": student,
-        "student-structured-fp32": structured,
-        "student-sparse-fp32": sparse,
-    }
     files: dict[str, tuple[str, str | None, str]] = {}  # name -> (file, parent, kind)
     parity: dict[str, float] = {}
+    weights: dict[str, str] = {}
     for name, model in fp32_models.items():
         path = export_onnx(model, folder / f"{name}.onnx", shape)
         parity[name] = check_parity(model, path, splits.x_test).max_abs_diff
         files[name] = (path.name, None, "fp32")
+        save_net(model, folder, name, variant=name, splits=splits)
+        weights[name] = name
 
+    prefix = student_name.removesuffix("-fp32")
+    static_parents = ["teacher-fp32"]
+    if "int8-static" in kinds:
+        static_parents.append(student_name)
+    if prune is not None and "int8-static" in kinds:
+        static_parents.append("student-structured-fp32")
     log(f"static INT8 (QDQ, {quantize.calibration_method}, {quantize.calibration_size} training samples)")
-    for parent in ("teacher-fp32", "student-fp32", "student-structured-fp32"):
+    for parent in static_parents:
         name = parent.removesuffix("-fp32") + "-int8-static"
         path = quantize_static_int8(
             folder / files[parent][0],
@@ -141,20 +173,23 @@ def build_variants(
             progress=calibration_progress(name),
         )
         files[name] = (path.name, parent, "int8-static")
-    if quantize.dynamic:
+    dynamic_parents = (["teacher-fp32"] if quantize.dynamic else []) + (
+        [student_name] if "int8-dynamic" in kinds else []
+    )
+    if dynamic_parents:
         log("dynamic INT8 (slow for conv nets: activations are quantized at run time)")
-        for parent in ("teacher-fp32", "student-fp32"):
-            name = parent.removesuffix("-fp32") + "-int8-dynamic"
-            path = quantize_dynamic_int8(
-                folder / files[parent][0], folder / f"{name}.onnx", per_channel=quantize.per_channel
-            )
-            files[name] = (path.name, parent, "int8-dynamic")
-    if quantize.qat:
+    for parent in dynamic_parents:
+        name = parent.removesuffix("-fp32") + "-int8-dynamic"
+        path = quantize_dynamic_int8(
+            folder / files[parent][0], folder / f"{name}.onnx", per_channel=quantize.per_channel
+        )
+        files[name] = (path.name, parent, "int8-dynamic")
+    if "int8-qat" in kinds:
         log(f"quantization-aware training ({quantize.qat_train.epochs} epochs), exported as QDQ")
         qat_model = prepare_qat(student)
         _fine_tuner(splits, quantize.qat_train)(qat_model)
-        path = export_qat(qat_model, folder / "student-int8-qat.onnx", shape)
-        files["student-int8-qat"] = (path.name, "student-fp32", "int8-qat")
+        path = export_qat(qat_model, folder / f"{prefix}-int8-qat.onnx", shape)
+        files[f"{prefix}-int8-qat"] = (path.name, student_name, "int8-qat")
 
     log("scoring every variant on the held-out test split")
     logits: dict[str, np.ndarray] = {}
@@ -173,11 +208,20 @@ def build_variants(
                 accuracy=score.accuracy,
                 agreement_with_parent=score.agreement_with_parent,
                 parity_max_abs_diff=parity.get(name),
+                torch_weights=weights.get(name),
             )
         )
     manifest = VariantManifest(variants=tuple(infos), input_shape=shape, pruning=tuple(pruning))
     write_atomic(folder / MANIFEST, json.dumps(asdict(manifest), indent=2).encode())
     return manifest
+
+
+def _configured_kinds(quantize: QuantizeConfig) -> tuple[str, ...]:
+    return (
+        "int8-static",
+        *(("int8-dynamic",) if quantize.dynamic else ()),
+        *(("int8-qat",) if quantize.qat else ()),
+    )
 
 
 def load_manifest(folder: Path) -> VariantManifest:
@@ -194,6 +238,13 @@ def load_manifest(folder: Path) -> VariantManifest:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{folder / MANIFEST}: not a readable variants manifest ({exc})") from exc
     missing = [v.file for v in variants if not (folder / v.file).is_file()]
+    missing += [
+        f"{v.torch_weights}{suffix}"
+        for v in variants
+        if v.torch_weights
+        for suffix in (".pt", ".json")
+        if not (folder / f"{v.torch_weights}{suffix}").is_file()
+    ]
     if missing:
         raise DataError(f"{folder}: manifest names missing files {missing}")
     if len(shape) != 3:

@@ -6,8 +6,14 @@ Run it with ``python -m pipelines.demo`` (``make run``); ``tests/e2e`` runs a re
 ``registry.promotion``, the server is ``edgefleet server run`` in a child process (SQLite and a local
 folder under ``$EDGEFLEET_HOME/ota``, stopped in a ``finally``), the fleet is ``ota.edge.fleet``.
 
-The second version is the training pipeline again on a re-drawn split of the data (``data.seed`` + 1),
-so it has new training data and new weights with the same architecture, which is what makes deltas pay.
+The second version is a fine-tune of the first, the way a team updates a deployed model: the training
+pipeline again with ``init_from: models:/NAME@production`` (the pruned student starts from the first
+version's stored weights and distils from its teacher, reused unchanged; it is not pruned again and is
+re-quantized the way the first version was), a fifth of the epochs at a small learning rate, on new
+data: simulated field samples (``ml.field``: shifted, re-gained, noisy copies of training images only)
+added to the training split, so its data fingerprint differs while validation and test stay those the
+first version was scored on. Same graph, slightly moved weights: that is what makes deltas pay.
+
 The third version is the second one with a slow side branch grafted onto its graph (a chain of large
 MatMuls multiplied by zero): identical logits, so it sails through the registry's gates and the
 release pipeline's self-test vectors, but its latency blows the device's health-check budget. Devices
@@ -50,7 +56,7 @@ from ota.server.status_cli import RolloutReport, render_report, rollout_report  
 from pipelines.summary import print_summary as print_training_summary  # noqa: E402
 from pipelines.summary import ui_commands  # noqa: E402
 from registry.errors import PromotionRefusedError, RegistryError  # noqa: E402
-from registry.fetch import VersionFacts, fetch_model, version_facts  # noqa: E402
+from registry.fetch import VersionFacts, check_weights, fetch_model, version_facts  # noqa: E402
 from registry.lineage import Lineage  # noqa: E402
 from registry.promotion import PRODUCTION_ALIAS, promote, rollback  # noqa: E402
 from registry.store import client_for, register_variant, version_metrics  # noqa: E402
@@ -63,7 +69,8 @@ from registry.trace import (  # noqa: E402
     trace_device,
 )
 
-console = Console()
+# Wide enough for the summary tables when output goes to a pipe or a CI log rather than a terminal.
+console = Console(width=None if Console().is_terminal else 160)
 REPO = Path(__file__).resolve().parents[1]
 TERMINAL_STATES = frozenset({"completed", "aborted", "rolled-back"})
 BROKEN_REASON = "demo: deliberately broken third version (slow graph) to show the fleet-side abort"
@@ -87,7 +94,9 @@ class DemoOptions:
             stop condition or deadline (reported upstream to the edge worker).
         phase_timeout_s: Longest wait for one rollout to settle.
         slow_matmuls: Size of the broken version's slow branch (MatMuls of 1024×1024).
-        retrain_epoch_fraction: The second version trains this share of the first one's epochs.
+        finetune_epoch_fraction: The second version fine-tunes for this share of the first one's epochs.
+        finetune_lr_factor: ... at the first one's learning rates times this factor.
+        field_samples: Simulated field samples added to the second version's training data.
     """
 
     training_config: Path = REPO / "configs" / "default.yaml"
@@ -97,7 +106,9 @@ class DemoOptions:
     poll_interval_s: float = 3.0
     phase_timeout_s: float = 240.0
     slow_matmuls: int = 48
-    retrain_epoch_fraction: float = 0.34
+    finetune_epoch_fraction: float = 0.2
+    finetune_lr_factor: float = 0.03
+    field_samples: int = 600
 
 
 @dataclass
@@ -122,6 +133,7 @@ class DemoSummary:
     device_versions: dict[str, str] = field(default_factory=dict)  # device → MLflow version (server view)
     trace: TraceChain | None = None
     aliases: dict[str, str] = field(default_factory=dict)
+    lineage: dict[str, dict[str, str]] = field(default_factory=dict)  # label → facts read from MLflow
     server_home: Path = Path()
 
     def per_version(self) -> Counter[str]:
@@ -135,6 +147,7 @@ class DemoSummary:
             "profile": self.profile,
             "versions": self.versions,
             "aliases": self.aliases,
+            "lineage": self.lineage,
             "devices_per_version": dict(self.per_version()),
             "device_versions": self.device_versions,
             "rollouts": [
@@ -189,24 +202,68 @@ def write_yaml(data: dict[str, Any], folder: Path, name: str) -> Path:
     return path
 
 
-def _shorter(section: Any, fraction: float) -> Any:
+def _fine_tune_settings(section: Any, epoch_fraction: float, lr_factor: float) -> Any:
+    """Every optimiser block (a mapping with ``epochs``) shortened and slowed down, recursively."""
     if not isinstance(section, dict):
         return section
-    shortened = {key: _shorter(value, fraction) for key, value in section.items()}
-    if isinstance(shortened.get("epochs"), int):
-        shortened["epochs"] = max(1, round(shortened["epochs"] * fraction))
-        if isinstance(shortened.get("patience"), int):
-            shortened["patience"] = min(shortened["patience"], shortened["epochs"])
-    return shortened
+    changed = {key: _fine_tune_settings(value, epoch_fraction, lr_factor) for key, value in section.items()}
+    if isinstance(changed.get("epochs"), int):
+        changed["epochs"] = max(1, round(changed["epochs"] * epoch_fraction))
+        if isinstance(changed.get("patience"), int):
+            changed["patience"] = min(changed["patience"], changed["epochs"])
+        if isinstance(changed.get("lr"), int | float):
+            changed["lr"] = float(f"{changed['lr'] * lr_factor:.3g}")
+    return changed
 
 
-def retrain_config(training: dict[str, Any], epoch_fraction: float) -> dict[str, Any]:
-    """The second version's training YAML: a re-drawn data split (new data), fewer epochs, no ablation."""
+def retrain_config(
+    training: dict[str, Any],
+    *,
+    init_from: str,
+    field_data: Path,
+    epoch_fraction: float,
+    lr_factor: float,
+) -> dict[str, Any]:
+    """The second version's training YAML: a short, slow fine-tune of ``init_from`` with field data added.
+
+    The parent's teacher is reused as it is. Every optimiser block gets ``epoch_fraction`` of its epochs and
+    ``lr_factor`` times its learning rate (the student's is the one that trains);
+    ``field_data`` joins the training split only (validation and test stay the first version's); the KD
+    ablation is skipped. Pruning settings stay but are not applied: ``init_from`` keeps the parent's
+    pruned architecture.
+    """
     params = training["parameters"]["config"]
     data = dict(params.get("data") or {})
-    data["seed"] = int(data.get("seed", 0)) + 1
-    changed = _merge(_shorter(params, epoch_fraction), {"data": data, "student": {"ablation": False}})
+    data["extra_train"] = [*(data.get("extra_train") or []), str(field_data)]
+    changed = _merge(
+        _fine_tune_settings(params, epoch_fraction, lr_factor),
+        {"init_from": init_from, "init_teacher": "reuse", "data": data, "student": {"ablation": False}},
+    )
     return {**training, "parameters": {"config": changed}}
+
+
+def make_field_data(training: dict[str, Any], destination: Path, *, count: int) -> Path:
+    """Write the simulated field data set (``ml.field``) for the training config's data source.
+
+    Only rows of the training split the config's seed and fractions make are used, so no validation or
+    test image reaches the fine-tune.
+
+    Raises:
+        DataError: The source cannot be loaded or split.
+    """
+    from ml.config import DataConfig
+    from ml.field import make_field_set, write_npz
+
+    data = DataConfig.model_validate(training["parameters"]["config"].get("data") or {})
+    arrays = make_field_set(
+        data.source,
+        count=count,
+        seed=data.seed + 1,
+        split_seed=data.seed,
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+    )
+    return write_npz(destination, arrays)
 
 
 # ---- pipelines -----------------------------------------------------------------------------------------
@@ -318,6 +375,7 @@ def register_broken(name: str, base: VersionFacts, *, tracking_uri: str, work: P
         config_hash=base.lineage.get("config_hash", "unknown"),
         pipeline_run_id="make-run-demo-broken",
         teacher_model_id=base.lineage.get("teacher_model_id", ""),
+        init_from=base.model_uri,  # same weights as the base, with a slow branch grafted on
     )
     client = client_for(tracking_uri)
     metrics = version_metrics(client.get_model_version(name, base.version))
@@ -607,8 +665,23 @@ def run_demo(options: DemoOptions) -> DemoSummary:
             _stage("4/8 release pipeline + staged rollout of the first version")
             release_and_roll_out("first", summary.versions["v1"], settle_on=summary.versions["v1"])
 
-            _stage("5/8 train a second version on new data")
-            retrained = retrain_config(training, options.retrain_epoch_fraction)
+            _stage("5/8 fine-tune a second version from production on new field data")
+            field_data = make_field_data(training, work / "field-data.npz", count=options.field_samples)
+            parent = f"models:/{name}@{PRODUCTION_ALIAS}"
+            check_weights(parent, tracking_uri=tracking_uri)  # a clear error now, not inside a step
+            console.print(
+                f"fine-tune of {parent} (version {summary.versions['v1']}) with its teacher: "
+                f"{options.finetune_epoch_fraction:.0%} of the epochs at "
+                f"{options.finetune_lr_factor:g}× the learning rate, {options.field_samples} field samples "
+                f"({field_data}) added to the training split"
+            )
+            retrained = retrain_config(
+                training,
+                init_from=parent,
+                field_data=field_data,
+                epoch_fraction=options.finetune_epoch_fraction,
+                lr_factor=options.finetune_lr_factor,
+            )
             retrain = write_yaml(retrained, work, "retrain.yaml")
             run_training(retrain)
             _stage("6/8 promote and roll out the second version (devices take deltas)")
@@ -672,7 +745,19 @@ def collect(summary: DemoSummary, server: RunningServer, *, tracking_uri: str) -
         ctx.close()
     from registry.store import model_aliases
 
-    summary.aliases = model_aliases(client_for(tracking_uri), summary.model_name)
+    client = client_for(tracking_uri)
+    summary.aliases = model_aliases(client, summary.model_name)
+    for label, version in summary.versions.items():
+        facts = version_facts(summary.model_name, version, tracking_uri=tracking_uri)
+        metrics = version_metrics(client.get_model_version(summary.model_name, version))
+        summary.lineage[label] = {
+            "version": version,
+            "variant": facts.tags.get("edgefleet.variant", "-"),
+            "init_from": facts.lineage.get("init_from", ""),
+            "data_fingerprint": facts.data_fingerprint,
+            "accuracy": f"{metrics.get('accuracy', float('nan')):.4f}",
+            "size_bytes": f"{metrics.get('size_bytes', float('nan')):.0f}",
+        }
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:
@@ -689,6 +774,27 @@ def print_summary(summary: DemoSummary, *, elapsed_s: float) -> None:
     """Print the closing summary: versions per device, timelines, bytes, the abort, one trace."""
     console.print(Rule(f"EdgeFleet demo summary ({elapsed_s / 60:.1f} min)"))
     console.print(f"model {summary.model_name}: versions {summary.versions}; aliases now {summary.aliases}")
+    versions = Table(
+        "label",
+        "version",
+        "variant",
+        "test accuracy",
+        "bytes",
+        "fine-tuned from",
+        "data fingerprint",
+        title="Versions (MLflow registry)",
+    )
+    for label, facts in summary.lineage.items():
+        versions.add_row(
+            label,
+            facts["version"],
+            facts["variant"],
+            facts["accuracy"],
+            facts["size_bytes"],
+            facts["init_from"] or "— (from scratch)",
+            facts["data_fingerprint"][:12] + "…",
+        )
+    console.print(versions)
     per_version = Table("MLflow version", "devices", title="Versions per device (OTA server)")
     for version, count in sorted(summary.per_version().items()):
         per_version.add_row(version, str(count))

@@ -2,6 +2,7 @@
 
 RegistryError
 ├── ModelNotFoundError     no such registered model, version or alias
+│   └── WeightsNotFoundError  the version exists but stores no torch weights to fine-tune from
 └── PromotionRefusedError  promotion gates failed; the message is the gate table
 """
 
@@ -14,6 +15,10 @@ class RegistryError(Exception):
 
 class ModelNotFoundError(RegistryError):
     """The registered model, version or alias does not exist."""
+
+
+class WeightsNotFoundError(ModelNotFoundError):
+    """The model version exists but has no stored torch weights (e.g. registered before they were kept)."""
 
 
 class PromotionRefusedError(RegistryError):

@@ -1,5 +1,6 @@
-"""Read side of the registry for the release pipeline and ``edgefleet trace``: fetch a model version's ONNX
-artifact and facts (tags, lineage, run), and write release facts back as model-version tags.
+"""Read side of the registry for the release pipeline, ``edgefleet trace`` and fine-tunes: fetch a model
+version's ONNX artifact and facts (tags, lineage, run), fetch the torch weights it was made from (and its
+teacher's) for ``init_from``, and write release facts back as model-version tags.
 
 Sits beside ``registry.store`` (the write side of training) and is, like it, the only place that talks to
 MLflow. Everything returned is plain data (:class:`FetchedModel`, :class:`VersionFacts`), so steps and the
@@ -8,6 +9,7 @@ trace command never see an MLflow object.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -16,11 +18,14 @@ from pathlib import Path
 
 import mlflow.artifacts
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-from registry.errors import ModelNotFoundError, RegistryError
+from registry.errors import ModelNotFoundError, RegistryError, WeightsNotFoundError
 from registry.store import (
     PROFILE_TAG,
     SHA256_TAG,
+    WEIGHTS_DIR,
+    WEIGHTS_TAG,
     client_for,
     file_sha256,
     logged_model_id,
@@ -31,6 +36,9 @@ from registry.store import (
 LINEAGE_PREFIX = "edgefleet.lineage."
 RELEASE_PREFIX = "edgefleet.release."
 MODEL_FILE = "model.onnx"
+# models:/NAME/VERSION or models:/NAME@ALIAS (MLflow's own spellings; run-relative and m-<id> URIs are not
+# registry versions, so they cannot be fine-tuned from).
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[A-Za-z0-9_-]+))$")
 
 
 @dataclass(frozen=True)
@@ -182,6 +190,135 @@ def fetch_model(
             f"the registry recorded {facts.sha256[:12]}…"
         )
     return FetchedModel(facts=facts, onnx_path=target)
+
+
+@dataclass(frozen=True)
+class FetchedWeights:
+    """The torch weights a model version was made from, and its teacher's, in one local folder.
+
+    Attributes:
+        facts: The version, as resolved (``facts.model_uri`` is ``models:/NAME/VERSION``).
+        folder: Holds the files of the version's ``torch/`` artifact folder and of its teacher's.
+        teacher_model_id: The teacher LoggedModel the teacher's files came from.
+    """
+
+    facts: VersionFacts
+    folder: Path
+    teacher_model_id: str
+
+
+def parse_model_uri(uri: str) -> tuple[str, str]:
+    """Split ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` into name and version-or-alias.
+
+    Raises:
+        RegistryError: Any other string.
+    """
+    match = _MODEL_URI.match(uri.strip())
+    if match is None:
+        raise RegistryError(
+            f"{uri!r} is not a registry model URI: use models:/NAME/VERSION or models:/NAME@ALIAS"
+        )
+    return match["name"], match["version"] or match["alias"]
+
+
+def _download_dir(client: MlflowClient, model_id: str, destination: Path, *, what: str) -> list[Path]:
+    """Copy the files of a LoggedModel's ``torch/`` folder into ``destination``; return their paths."""
+    with tempfile.TemporaryDirectory(prefix="edgefleet-weights-", dir=destination) as scratch:
+        try:
+            location = client.get_logged_model(model_id).artifact_location
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{location.rstrip('/')}/{WEIGHTS_DIR}",
+                    dst_path=scratch,
+                    tracking_uri=client.tracking_uri,
+                )
+            )
+        except (MlflowException, OSError) as exc:
+            raise RegistryError(f"cannot download the torch weights of {what}: {exc}") from exc
+        files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
+        if not files:
+            raise WeightsNotFoundError(f"{what} has an empty {WEIGHTS_DIR}/ folder: no torch weights")
+        copied: list[Path] = []
+        for file in files:
+            target = destination / file.name
+            if target.exists():
+                raise RegistryError(f"{what}: weights file {file.name} would overwrite another one")
+            staged = destination / f".{file.name}.part"
+            shutil.copyfile(file, staged)
+            staged.replace(target)
+            copied.append(target)
+    return copied
+
+
+def check_weights(uri: str, *, tracking_uri: str | None = None) -> tuple[VersionFacts, str, str]:
+    """Resolve ``uri`` and check that it and its teacher store torch weights, without downloading them.
+
+    A fine-tune calls it first (``fetch_weights`` does, and the ``make run`` demo before it starts the
+    pipeline), so a bad ``init_from`` fails at once with a message naming it.
+
+    Args:
+        uri: ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``.
+        tracking_uri: MLflow tracking/registry URI; the process's configured one when None.
+
+    Returns:
+        The resolved version's facts, its LoggedModel id and its teacher's LoggedModel id.
+
+    Raises:
+        RegistryError: ``uri`` is malformed.
+        ModelNotFoundError: No such model, version or alias, or its teacher is gone.
+        WeightsNotFoundError: The version or its teacher stores no torch weights (e.g. registered before
+            EdgeFleet kept them).
+    """
+    name, version_or_alias = parse_model_uri(uri)
+    try:
+        facts = version_facts(name, version_or_alias, tracking_uri=tracking_uri)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"cannot fine-tune from {uri}: {exc}") from exc
+    where = uri if uri == facts.model_uri else f"{uri} (version {facts.version})"
+    model_id = facts.model_id
+    if WEIGHTS_TAG not in facts.tags or model_id is None:
+        raise WeightsNotFoundError(
+            f"cannot fine-tune from {where}: it stores no torch weights (registered before EdgeFleet kept "
+            "them, or not by the training pipeline); pick a version trained since, or train from scratch"
+        )
+    teacher_id = facts.lineage.get("teacher_model_id", "")
+    if not teacher_id:
+        raise WeightsNotFoundError(f"cannot fine-tune from {where}: its lineage names no teacher model")
+    try:
+        teacher_tags = client_for(tracking_uri).get_logged_model(teacher_id).tags or {}
+    except MlflowException as exc:
+        raise ModelNotFoundError(f"cannot fine-tune from {where}: its teacher {teacher_id} is gone") from exc
+    if WEIGHTS_TAG not in teacher_tags:
+        raise WeightsNotFoundError(
+            f"cannot fine-tune from {where}: its teacher {teacher_id} stores no torch weights"
+        )
+    return facts, model_id, teacher_id
+
+
+def fetch_weights(uri: str, destination: Path, *, tracking_uri: str | None = None) -> FetchedWeights:
+    """Download the torch weights behind ``uri`` and its teacher's into ``destination`` (for ``init_from``).
+
+    Args:
+        uri: ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``.
+        destination: An empty folder (created if missing) that receives the files, flat.
+        tracking_uri: MLflow tracking/registry URI; the process's configured one when None.
+
+    Returns:
+        The resolved version, the folder and the teacher's LoggedModel id.
+
+    Raises:
+        RegistryError: ``uri`` is malformed, or MLflow cannot serve the files; the message names ``uri``.
+        ModelNotFoundError: No such model, version or alias.
+        WeightsNotFoundError: The version (or its teacher) stores no torch weights, e.g. because it was
+            registered before EdgeFleet kept them.
+    """
+    facts, model_id, teacher_id = check_weights(uri, tracking_uri=tracking_uri)
+    where = uri if uri == facts.model_uri else f"{uri} (version {facts.version})"
+    client = client_for(tracking_uri)
+    destination.mkdir(parents=True, exist_ok=True)
+    _download_dir(client, model_id, destination, what=where)
+    _download_dir(client, teacher_id, destination, what=f"the teacher {teacher_id} of {where}")
+    return FetchedWeights(facts=facts, folder=destination, teacher_model_id=teacher_id)
 
 
 def tag_version(name: str, version: str, tags: Mapping[str, str], *, tracking_uri: str | None = None) -> None:

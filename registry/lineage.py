@@ -16,7 +16,11 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Lineage:
-    """Where a model version came from."""
+    """Where a model version came from.
+
+    ``init_from`` is the parent of a fine-tune, resolved to ``models:/NAME/VERSION``; empty (and then not
+    written as a tag) for a version trained from random weights.
+    """
 
     git_commit: str
     git_dirty: bool
@@ -24,12 +28,14 @@ class Lineage:
     config_hash: str
     pipeline_run_id: str
     teacher_model_id: str
+    init_from: str = ""
 
     def as_tags(self) -> dict[str, str]:
         """Model-version tags, under the ``edgefleet.lineage.`` prefix."""
         return {
             f"edgefleet.lineage.{key}": str(value).lower() if isinstance(value, bool) else str(value)
             for key, value in asdict(self).items()
+            if not (key == "init_from" and not value)
         }
 
 

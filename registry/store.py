@@ -4,6 +4,10 @@ This is the port between EdgeFleet and MLflow 3. It uses only MLflow 3 APIs: ``l
 (a LoggedModel per variant, metrics linked to it), registered-model aliases and model-version tags, never the
 deprecated stages. A version is identified by the sha256 of its ONNX bytes plus the config hash and data
 fingerprint (``edgefleet.content_hash``): registering the same content again returns the existing version.
+
+Beside the ONNX file, a version can keep the torch weights it was made from (``ml.warmstart`` writes them;
+this module stores the folder as it is under ``torch/`` in the version's LoggedModel, and the teacher's
+under ``torch/`` in the teacher's LoggedModel), so that a later run can fine-tune it (``init_from``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ CONTENT_HASH_TAG = "edgefleet.content_hash"
 PROFILE_TAG = "edgefleet.profile"
 VARIANT_TAG = "edgefleet.variant"
 SHA256_TAG = "edgefleet.sha256"
+WEIGHTS_TAG = "edgefleet.torch_weights"
+"""Set on versions (and teacher LoggedModels) that store torch weights; the value is their artifact folder."""
+WEIGHTS_DIR = "torch"
 CANDIDATE_ALIAS = "candidate"
 METRIC_PREFIX = "edgefleet.metric."
 GATE_PREFIX = "edgefleet.gate."
@@ -100,11 +107,40 @@ def _active_run(experiment_name: str, run_name: str) -> Iterator[str]:
         yield started.info.run_id
 
 
-def log_teacher(onnx_path: Path, *, metrics: Mapping[str, float], experiment_name: str) -> str:
-    """Log the FP32 teacher as an (unregistered) LoggedModel; its id goes into every student's lineage."""
-    with _active_run(experiment_name, "teacher"):
-        info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="teacher", save_as_external_data=False)
-        mlflow.log_metrics({f"teacher_{k}": float(v) for k, v in metrics.items()}, model_id=info.model_id)
+def _log_weights(client: MlflowClient, model_id: str, weights_dir: Path) -> None:
+    """Store ``weights_dir``'s files under ``torch/`` in a LoggedModel and tag it as holding weights."""
+    client.log_model_artifacts(model_id, str(weights_dir), artifact_path=WEIGHTS_DIR)
+    client.set_logged_model_tags(model_id, {WEIGHTS_TAG: WEIGHTS_DIR})
+
+
+def log_teacher(
+    onnx_path: Path,
+    *,
+    metrics: Mapping[str, float],
+    experiment_name: str,
+    weights_dir: Path | None = None,
+) -> str:
+    """Log the FP32 teacher as an (unregistered) LoggedModel; its id goes into every student's lineage.
+
+    Args:
+        onnx_path: The teacher's FP32 ONNX file.
+        metrics: Its metrics, logged as ``teacher_*``.
+        experiment_name: Experiment used when no run is active.
+        weights_dir: A folder of torch weight files to keep under ``torch/`` (for later fine-tunes).
+
+    Raises:
+        RegistryError: MLflow refused to store the teacher.
+    """
+    try:
+        with _active_run(experiment_name, "teacher"):
+            info = mlflow.onnx.log_model(
+                onnx.load(str(onnx_path)), name="teacher", save_as_external_data=False
+            )
+            mlflow.log_metrics({f"teacher_{k}": float(v) for k, v in metrics.items()}, model_id=info.model_id)
+            if weights_dir is not None:
+                _log_weights(client_for(), str(info.model_id), weights_dir)
+    except MlflowException as exc:
+        raise RegistryError(f"MLflow refused to log the teacher: {exc}") from exc
     return str(info.model_id)
 
 
@@ -120,6 +156,7 @@ def register_variant(
     lineage: Lineage,
     gates: Mapping[str, float] | None = None,
     extra_files: Sequence[Path] = (),
+    weights_dir: Path | None = None,
     experiment_name: str = "edgefleet-training",
     alias: str = CANDIDATE_ALIAS,
 ) -> RegisteredVersion:
@@ -140,6 +177,8 @@ def register_variant(
         gates: The profile's gate limits the variant passed, kept as ``edgefleet.gate.*`` tags so that
             promotion can re-check them without the original config.
         extra_files: Model card and plots, stored with the model's artifacts.
+        weights_dir: Torch weights the ONNX file was made from (``ml.warmstart`` files), stored under
+            ``torch/`` and announced by the ``edgefleet.torch_weights`` tag, so ``init_from`` can use them.
         experiment_name: Experiment used when no run is active.
         alias: Alias to set on the version.
 
@@ -183,6 +222,9 @@ def register_variant(
             )
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, model_id=info.model_id)
             mlflow.log_params({f"{profile}.{k}": v for k, v in params.items()})
+            if weights_dir is not None:
+                _log_weights(client, str(info.model_id), weights_dir)
+                tags[WEIGHTS_TAG] = WEIGHTS_DIR
     except MlflowException as exc:
         raise RegistryError(f"MLflow refused to register {model_name} ({profile}): {exc}") from exc
     version = str(info.registered_model_version)

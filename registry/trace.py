@@ -2,7 +2,8 @@
 publishes through, the provenance a release carries, and ``edgefleet trace DEVICE_ID``'s chain.
 
 The chain is device → installed release (OTA server API) → model version (MLflow) → training run →
-data fingerprint, git commit, config hash and teacher model. Every link is read from the real stores on
+data fingerprint, git commit, config hash, teacher model and, for a fine-tune, the parent version it
+started from. Every link is read from the real stores on
 every call; nothing is cached. ``registry.trace_cli`` renders it.
 
 A release records where it came from in its ``source_uri`` (signed into the TUF target's custom fields):
@@ -296,6 +297,7 @@ class TraceChain:
             "git_dirty": self.version.lineage.get("git_dirty", "unknown"),
             "config_hash": self.version.lineage.get("config_hash", "unknown"),
             "pipeline_run_id": self.version.lineage.get("pipeline_run_id", "unknown"),
+            "init_from": self.version.lineage.get("init_from"),
             "teacher": None
             if self.teacher is None
             else {
@@ -381,6 +383,7 @@ def render_trace(chain: TraceChain) -> list[str]:
     teacher_acc = ""
     if teacher and "teacher_test_accuracy" in teacher["metrics"]:
         teacher_acc = f", test accuracy {teacher['metrics']['teacher_test_accuracy']:.4f}"
+    parent = data["init_from"] or "— (trained from random weights)"
     return [
         f"device        {device['id']} (profile {device['hardware_profile']}, {device['state']})",
         f"└ release     {release['id']}: {release['model']} v{release['version']} "
@@ -396,6 +399,7 @@ def render_trace(chain: TraceChain) -> list[str]:
         f"      ├ git commit        {data['git_commit']} (dirty: {data['git_dirty']})",
         f"      ├ config hash       {data['config_hash']}",
         f"      ├ pipeline run      {data['pipeline_run_id']}",
+        f"      ├ fine-tuned from   {parent}",
         "      └ teacher model     "
         + (f"{teacher['model_id']} ({teacher['name']}{teacher_acc})" if teacher else "unknown"),
     ]

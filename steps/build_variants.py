@@ -1,4 +1,8 @@
-"""Step: prune, export, quantize and score every variant; the artifact is the folder of ONNX files."""
+"""Step: prune, export, quantize and score every variant; the artifact is the folder of ONNX files.
+
+In a fine-tune (``init_weights`` set) the student is the parent's pruned module, fine-tuned: it is not
+pruned again, and it is quantized only the way the parent version shipped (``ml.warmstart.student_plan``).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from ml.config import PruneConfig, QuantizeConfig
 from ml.data import DataSplits
 from ml.nets import ConvNet
 from ml.variants import build_variants as build
+from ml.warmstart import load_warm_start, student_plan
 
 logger = get_logger(__name__)
 
@@ -29,10 +34,15 @@ def build_variants(
     prune: PruneConfig,
     quantize: QuantizeConfig,
     threads: int = 2,
+    init_weights: Path | None = None,
 ) -> Annotated[Path, "variants"]:
     """Structured + unstructured pruning, ONNX export with parity, static/dynamic/QAT INT8, scoring."""
     torch.set_num_threads(threads)
     assert isinstance(teacher, ConvNet) and isinstance(student, ConvNet)
+    student_name: str = "student-fp32"
+    student_int8: tuple[str, ...] | None = None  # None: the kinds the config switches on
+    if init_weights is not None:
+        student_name, student_int8 = student_plan(load_warm_start(init_weights).student.card)
     folder = Path(tempfile.mkdtemp(prefix="edgefleet-variants-"))
     with Progress(
         TextColumn("[bold]{task.description}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
@@ -51,8 +61,10 @@ def build_variants(
             student=student,
             splits=splits,
             folder=folder,
-            prune=prune,
+            prune=None if init_weights is not None else prune,
             quantize=quantize,
+            student_name=student_name,
+            student_int8=student_int8,
             log=logger.info,
             calibration_progress=calibration_bar,
         )

@@ -1,7 +1,12 @@
-"""Steps: distil the student from the teacher, and train the label-only student for the KD ablation."""
+"""Steps: distil the student from the teacher, and train the label-only student for the KD ablation.
+
+In a fine-tune (``init_weights`` set) both start from the parent version's student instead of fresh
+weights: same (pruned) architecture, and its exactly-zero weights stay zero (``ml.warmstart.zeros_kept``).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import torch
@@ -13,6 +18,7 @@ from ml.data import DataSplits
 from ml.distill import DistillConfig, build_student, distill, train_label_only
 from ml.nets import ConvNet, count_parameters, specs_for_input
 from ml.train import accuracy
+from ml.warmstart import load_warm_start, weight_sparsity, zeros_kept
 from steps.progress import epoch_progress
 
 
@@ -31,22 +37,36 @@ def _distill_config(section: DistillSection) -> DistillConfig:
     )
 
 
+def _start(splits: DataSplits, settings: DistillConfig, init_weights: Path | None) -> ConvNet:
+    """The parent's student for a fine-tune, else a fresh one seeded by the config."""
+    if init_weights is not None:
+        return load_warm_start(init_weights).fresh_student()
+    return build_student(splits, seed=settings.seed, spec=specs_for_input(splits.input_shape)[1])
+
+
 @step
 def distill_student(
-    splits: DataSplits, teacher: nn.Module, config: DistillSection, threads: int = 2
+    splits: DataSplits,
+    teacher: nn.Module,
+    config: DistillSection,
+    threads: int = 2,
+    init_weights: Path | None = None,
 ) -> tuple[Annotated[nn.Module, "student"], Annotated[dict[str, float], "student_metrics"]]:
     """Knowledge distillation: KL on softened logits + CE + feature matching through a 1×1 adapter."""
     torch.set_num_threads(threads)
     assert isinstance(teacher, ConvNet)
     settings = _distill_config(config)
-    student = build_student(splits, seed=settings.seed, spec=specs_for_input(splits.input_shape)[1])
-    with epoch_progress("student (KD)", settings.epochs) as progress:
+    student = _start(splits, settings, init_weights)
+    label = "student (KD fine-tune)" if init_weights is not None else "student (KD)"
+    with zeros_kept(student), epoch_progress(label, settings.epochs) as progress:
         result = distill(student, teacher, splits, settings, progress=progress)
     metrics = {
         "test_accuracy": accuracy(student, splits.x_test, splits.y_test),
         "best_val_accuracy": result.best_val_accuracy,
         "epochs_run": float(result.epochs_run),
+        "best_epoch": float(result.best_epoch),
         "parameters": float(count_parameters(student)),
+        "weight_sparsity": weight_sparsity(student),
         "teacher_to_student_parameter_ratio": count_parameters(teacher) / count_parameters(student),
     }
     log_metadata(dict(metrics.items()))
@@ -55,13 +75,13 @@ def distill_student(
 
 @step
 def train_label_only_student(
-    splits: DataSplits, config: DistillSection, threads: int = 2
+    splits: DataSplits, config: DistillSection, threads: int = 2, init_weights: Path | None = None
 ) -> Annotated[dict[str, float], "ablation_metrics"]:
     """The ablation: the same student, seed and optimiser, trained on labels alone."""
     torch.set_num_threads(threads)
     settings = _distill_config(config)
-    student = build_student(splits, seed=settings.seed, spec=specs_for_input(splits.input_shape)[1])
-    with epoch_progress("student (labels only)", settings.epochs) as progress:
+    student = _start(splits, settings, init_weights)
+    with zeros_kept(student), epoch_progress("student (labels only)", settings.epochs) as progress:
         result = train_label_only(student, splits, settings, progress=progress)
     metrics = {
         "test_accuracy": accuracy(student, splits.x_test, splits.y_test),

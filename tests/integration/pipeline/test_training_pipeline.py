@@ -154,3 +154,74 @@ def test_make_run_command_path_reuses_the_cache_and_registers_no_duplicate(
     assert "zenml pipeline run pipelines.training.training_pipeline -c configs/ci.yaml" in make.stdout
     assert "Registered in MLflow" in make.stdout
     assert {(v.name, v.version) for v in client.search_model_versions()} == before
+
+
+def _fine_tune_config(tmp_path: Path, init_from: str, field: Path) -> Path:
+    document = yaml.safe_load((ROOT / "configs" / "ci.yaml").read_text())
+    config = document["parameters"]["config"]
+    config["init_from"] = init_from
+    config["data"]["extra_train"] = [str(field)]
+    config["teacher"].update(epochs=1, lr=0.0003, patience=1)
+    config["student"]["train"].update(epochs=2, lr=0.0003, patience=2)
+    path = tmp_path / "fine-tune.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def _conv_weight_shapes(client: MlflowClient, version: str) -> list[tuple[int, ...]]:
+    import onnx
+    from onnx import numpy_helper
+
+    model_id = client.get_model_version(MODEL, version).source.removeprefix("models:/")
+    folder = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    weights = {t.name: numpy_helper.to_array(t).shape for t in graph.initializer}
+    inputs = [n.input for n in graph.node if n.op_type == "DequantizeLinear"]
+    return sorted(weights[i[0]] for i in inputs if i[0] in weights and len(weights[i[0]]) == 4)
+
+
+def test_fine_tune_starts_from_the_parent_and_records_it(project: dict[str, object], tmp_path: Path) -> None:
+    """init_from + field data: a new version whose lineage names its parent, on new data, same graph."""
+    from ml.field import make_field_set, write_npz
+
+    client: MlflowClient = project["client"]  # type: ignore[assignment]
+    parent = client.get_model_version_by_alias(MODEL, "candidate")
+    assert parent.tags["edgefleet.torch_weights"] == "torch"  # every version now keeps its torch weights
+    field = write_npz(tmp_path / "field.npz", make_field_set("digits", count=200, seed=1))
+    config = _fine_tune_config(tmp_path, f"models:/{MODEL}@candidate", field)
+    run = _run(
+        [str(BIN / "zenml"), "pipeline", "run", "pipelines.training.training_pipeline", "-c", str(config)],
+        project["env"],  # type: ignore[arg-type]
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    child = client.get_model_version_by_alias(MODEL, "candidate")
+    assert int(child.version) == int(parent.version) + 1
+    tags = child.tags
+    assert tags["edgefleet.lineage.init_from"] == f"models:/{MODEL}/{parent.version}"
+    assert tags["edgefleet.lineage.data_fingerprint"] != parent.tags["edgefleet.lineage.data_fingerprint"]
+    # not pruned again, re-quantized the way the parent was: the same graph with other weights
+    assert tags["edgefleet.variant"] == parent.tags["edgefleet.variant"]
+    assert _conv_weight_shapes(client, child.version) == _conv_weight_shapes(client, parent.version)
+    assert tags["edgefleet.sha256"] != parent.tags["edgefleet.sha256"]
+    assert tags["edgefleet.torch_weights"] == "torch"
+    assert "no pruning" in run.stdout + run.stderr
+    # the parent's teacher, reused unchanged (init_teacher: reuse), keeps its registry identity
+    assert tags["edgefleet.lineage.teacher_model_id"] == parent.tags["edgefleet.lineage.teacher_model_id"]
+
+
+def test_bad_init_from_fails_the_run_naming_it_and_registers_nothing(
+    project: dict[str, object], tmp_path: Path
+) -> None:
+    client: MlflowClient = project["client"]  # type: ignore[assignment]
+    before = {(v.name, v.version) for v in client.search_model_versions()}
+    uri = f"models:/{MODEL}/99"
+    config = _fine_tune_config(tmp_path, uri, tmp_path / "never-read.npz")
+    run = _run(
+        [str(BIN / "zenml"), "pipeline", "run", "pipelines.training.training_pipeline", "-c", str(config)],
+        project["env"],  # type: ignore[arg-type]
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "fetch_init_weights" in output
+    assert f"cannot fine-tune from {uri}: {MODEL} has no version or alias '99'" in output
+    assert {(v.name, v.version) for v in client.search_model_versions()} == before

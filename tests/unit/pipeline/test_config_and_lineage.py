@@ -66,3 +66,29 @@ def test_git_state_reads_commit_and_dirty_flag(tmp_path: Path) -> None:
 
 def test_git_state_outside_a_checkout_is_unknown_and_dirty(tmp_path: Path) -> None:
     assert git_state(tmp_path) == ("unknown", True)
+
+
+@pytest.mark.parametrize(
+    "uri", ["models:/edgefleet-digits-cpu-int8-small/3", "models:/edgefleet-digits-cpu-int8-small@production"]
+)
+def test_init_from_accepts_registry_versions_and_aliases(uri: str) -> None:
+    assert TrainingPipelineConfig.model_validate({"init_from": uri}).init_from == uri
+    assert TrainingPipelineConfig().init_from is None
+    assert TrainingPipelineConfig().init_teacher == "reuse"
+    with pytest.raises(ValidationError, match="init_teacher"):
+        TrainingPipelineConfig.model_validate({"init_from": uri, "init_teacher": "retrain"})
+
+
+@pytest.mark.parametrize(
+    "uri", ["edgefleet-digits/3", "models:/name", "models:/name/latest", "runs:/abc/model", "models:/m-1234"]
+)
+def test_init_from_refuses_what_is_not_a_registry_version(uri: str) -> None:
+    with pytest.raises(ValidationError, match="init_from"):
+        TrainingPipelineConfig.model_validate({"init_from": uri})
+
+
+def test_lineage_names_the_parent_of_a_fine_tune_only() -> None:
+    scratch = Lineage("abc", False, "f" * 64, "c" * 64, "run-1", "m-1").as_tags()
+    assert "edgefleet.lineage.init_from" not in scratch
+    tuned = Lineage("abc", False, "f" * 64, "c" * 64, "run-2", "m-2", init_from="models:/m/1").as_tags()
+    assert tuned["edgefleet.lineage.init_from"] == "models:/m/1"

@@ -4,7 +4,6 @@ provenance URIs, the demo's derived configs, the broken model's graft and the ro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -12,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipelines.demo import DemoError, make_slow_model, retrain_config
+from pipelines.demo import DemoError, make_slow_model
 from registry.fetch import VersionFacts
 from registry.trace import TraceError, parse_source_uri, release_source_uri
 from steps.release_config import ReleasePipelineConfig
@@ -56,27 +55,6 @@ def test_source_uri_refuses_what_is_not_a_version(uri: str) -> None:
 def test_plain_source_uri_without_provenance_still_names_the_version() -> None:
     ref = parse_source_uri("models:/m/3")
     assert (ref.name, ref.version, ref.run_id, ref.data_fingerprint) == ("m", "3", None, None)
-
-
-def test_retrain_config_redraws_the_split_and_shortens_training() -> None:
-    training: dict[str, Any] = {
-        "model": {"name": "x"},
-        "parameters": {
-            "config": {
-                "data": {"source": "digits", "seed": 4},
-                "teacher": {"epochs": 30, "patience": 6},
-                "student": {"ablation": True, "train": {"epochs": 40, "patience": 8}},
-                "prune": {"fine_tune": {"epochs": 1, "patience": 1}},
-            }
-        },
-    }
-    config = retrain_config(training, 0.34)["parameters"]["config"]
-    assert config["data"] == {"source": "digits", "seed": 5}
-    assert config["teacher"] == {"epochs": 10, "patience": 6}
-    assert config["student"]["train"] == {"epochs": 14, "patience": 8}
-    assert config["student"]["ablation"] is False
-    assert config["prune"]["fine_tune"]["epochs"] == 1  # never below one epoch
-    assert training["parameters"]["config"]["data"]["seed"] == 4  # the input is not modified
 
 
 def _tiny_model(path: Path) -> None:
