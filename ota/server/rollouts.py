@@ -307,8 +307,13 @@ def tick_rollout(session: Session, rollout_id: str, *, now: datetime | None = No
     return event
 
 
-def cohort_size(session: Session, rollout: Rollout) -> int:
-    """Count the accepted devices the rollout's current phase includes (its selector and cohort)."""
+def cohort_size(session: Session, rollout: Rollout) -> int | None:
+    """Count the accepted devices the rollout's current phase includes (its selector and cohort).
+
+    Returns:
+        The count, or None while no accepted device matches the selector at all: a rollout started
+        before its fleet enrols waits for the fleet instead of racing through empty phases.
+    """
     selector = Selector.from_dict(rollout.selector)
     percent = float(rollout.phases[rollout.phase_index]["percent"])
     devices = session.scalars(
@@ -316,7 +321,10 @@ def cohort_size(session: Session, rollout: Rollout) -> int:
         .options(load_only(Device.id, Device.hardware_profile, Device.group, Device.tags))
         .where(Device.hardware_profile == selector.profile, Device.state == AdmissionState.ACCEPTED.value)
     )
-    return sum(1 for d in devices if selector.matches(d) and in_cohort(d.id, rollout.id, percent))
+    matching = [d.id for d in devices if selector.matches(d)]
+    if not matching:
+        return None
+    return sum(1 for device_id in matching if in_cohort(device_id, rollout.id, percent))
 
 
 def active_rollout_ids(session: Session) -> list[str]:

@@ -296,3 +296,18 @@ def test_a_phase_waits_for_no_more_successes_than_its_cohort_holds(
     with ctx.sessions() as session:
         entry = session.scalars(select(AuditEntry).where(AuditEntry.subject == rollout)).all()[-1]
     assert f"its cohort holds {len(cohort)} device(s)" in entry.details["reason"]
+
+
+def test_a_rollout_started_before_its_fleet_enrols_waits_for_it(ctx: ServerContext, tmp_path: Path) -> None:
+    release = publish(ctx, tmp_path, "1")
+    with transaction(ctx.sessions) as session:
+        rollout = create_rollout(
+            session, release_id=release, phases=[Phase(10, 0, 2), Phase(100)], actor="test", now=NOW
+        ).id
+    assert tick(ctx, rollout, NOW + timedelta(seconds=5)) is None  # no device at all: nothing to learn yet
+    devices = add_devices(ctx, 40)
+    cohort = [d for d in devices if in_cohort(d, rollout, 10)]
+    assert tick(ctx, rollout, NOW + timedelta(seconds=6)) is (None if cohort else RolloutEvent.ADVANCE)
+    for device in cohort[:2]:
+        report(ctx, rollout, device, ReportStatus.COMMITTED)
+    assert tick(ctx, rollout, NOW + timedelta(seconds=7)) is RolloutEvent.ADVANCE
