@@ -635,7 +635,9 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         shutil.rmtree(fleet_dir)  # devices start empty, like the fresh server they enrol with
 
     _stage("1/8 training pipeline (first version)")
-    run_training(options.training_config)
+    # Not from ZenML's cache: a cached run registers nothing, so a second `make run` would find the
+    # registry as the first one left it (production on its v2, no candidate) instead of a new candidate.
+    run_training(write_yaml({**training, "enable_cache": False}, work, "training.yaml"))
     ensure_tracking_uri()
     print_training_summary(console)
     _stage("2/8 promote the candidate")
