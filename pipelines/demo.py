@@ -635,8 +635,8 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         shutil.rmtree(fleet_dir)  # devices start empty, like the fresh server they enrol with
 
     _stage("1/8 training pipeline (first version)")
-    # Not from ZenML's cache: a cached run registers nothing, so a second `make run` would find the
-    # registry as the first one left it (production on its v2, no candidate) instead of a new candidate.
+    # Both trainings run uncached: a cached run does not run register_models, so the registry would keep
+    # what an earlier `make run` left (its candidate withdrawn by the rollback) and promotion would fail.
     run_training(write_yaml({**training, "enable_cache": False}, work, "training.yaml"))
     ensure_tracking_uri()
     print_training_summary(console)
@@ -684,7 +684,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
                 epoch_fraction=options.finetune_epoch_fraction,
                 lr_factor=options.finetune_lr_factor,
             )
-            retrain = write_yaml(retrained, work, "retrain.yaml")
+            retrain = write_yaml({**retrained, "enable_cache": False}, work, "retrain.yaml")
             run_training(retrain)
             _stage("6/8 promote and roll out the second version (devices take deltas)")
             summary.versions["v2"] = promote_candidate(name, tracking_uri=tracking_uri)
