@@ -79,6 +79,7 @@ bench: setup bench-tools
 	$(BIN)/python bench/delta_bench.py
 	$(BIN)/python bench/poll_bench.py
 	$(BIN)/python bench/fleet_bench.py --devices 200 --postgres
+	$(BIN)/python bench/agent_footprint.py
 
 clean:
 	rm -rf $(STATE) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
