@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import logging
 import os
 import secrets
@@ -37,8 +36,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ota.edge.fleet import FleetOptions, simulate_fleet
-from pipelines.demo import RunningServer, ota_server
+from pipelines.demo import DemoOptions, RunningServer, drive_fleet, ota_server
 from registry.trace import OtaApi
 
 PROFILE = "bench-cpu"
@@ -86,13 +84,6 @@ class Row:
     full_bytes: int
 
 
-def _settled(api: OtaApi, rollout_id: str, sha256: str, devices: int) -> bool:
-    if api.rollout(rollout_id)["state"] != "completed":
-        return False
-    rows = api.devices()
-    return len(rows) == devices and all(row.get("current_sha256") == sha256 for row in rows)
-
-
 def roll_out(
     server: RunningServer,
     api: OtaApi,
@@ -103,7 +94,11 @@ def roll_out(
     fleet_dir: Path,
     args: Any,
 ) -> tuple[float, Any]:
-    """Publish ``artifact``, start a rollout, run the fleet until it settles; return (seconds, summary)."""
+    """Publish ``artifact``, start a rollout, run the fleet until it settles; return (seconds, summary).
+
+    The fleet loop is the demo's (``drive_fleet``): it stops once the rollout is final and every device
+    reports the new model to the server, and fails if that takes longer than ``--timeout``.
+    """
     release = api.publish_release(
         artifact, model="bench", version=version, profile=PROFILE, source_uri=f"bench:{version}"
     )["release"]
@@ -113,33 +108,22 @@ def roll_out(
         "failure_threshold": 0.2,
     }
     rollout = api.start_rollout(body)
-    sha = hashlib.sha256(artifact).hexdigest()
-    last = [0.0, False]
-
-    def until(_summary: Any) -> bool:
-        if time.monotonic() - float(last[0]) > 1.0:
-            last[0], last[1] = time.monotonic(), _settled(api, rollout["id"], sha, args.devices)
-        return bool(last[1])
-
-    started = time.monotonic()
-    summary = simulate_fleet(
-        FleetOptions(
-            server=server.url,
-            devices=args.devices,
-            provisioning_token=server.provisioning_token,
-            processes=args.processes,
-            duration_s=args.timeout,
-            poll_interval_s=args.poll_interval,
-            work_dir=fleet_dir,
-            profile=PROFILE,
-            show_progress=False,
-        ),
-        until=until,
+    options = DemoOptions(
+        devices=args.devices,
+        processes=args.processes,
+        poll_interval_s=args.poll_interval,
+        phase_timeout_s=args.timeout,
     )
-    seconds = time.monotonic() - started
-    if not _settled(api, rollout["id"], sha, args.devices):
-        raise SystemExit(f"rollout of version {version} did not settle within {args.timeout} s")
-    return seconds, summary
+    started = time.monotonic()
+    summary = drive_fleet(
+        server,
+        options,
+        profile=PROFILE,
+        fleet_dir=fleet_dir,
+        rollout_id=rollout["id"],
+        expect_version=version,
+    )
+    return time.monotonic() - started, summary
 
 
 @contextlib.contextmanager
