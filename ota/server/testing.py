@@ -7,8 +7,12 @@ edge agent does, through ``ota.core.manifest``. Any httpx-compatible client work
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from securesystemslib.signer import CryptoSigner
 
@@ -22,6 +26,55 @@ from ota.core.manifest import (
     utc_now,
 )
 from ota.core.signing import generate_ed25519_signer, key_to_dict, sign_document
+
+if TYPE_CHECKING:
+    from ota.server.context import ServerContext
+
+
+class Served(NamedTuple):
+    """A server :func:`serve_in_thread` runs: its URL and the tokens it made."""
+
+    url: str
+    admin_token: str
+    provisioning_token: str
+
+
+@contextmanager
+def serve_in_thread(ctx: ServerContext, *, label: str) -> Iterator[Served]:
+    """Serve ``ctx``'s app with uvicorn in a thread on ``ctx.settings.port``; stop it (and its background
+    tasks) on exit. An admin operator token and an auto-accepting provisioning token, both named after
+    ``label``, are made first.
+
+    Raises:
+        RuntimeError: The server did not start within 20 s.
+    """
+    import uvicorn
+
+    from ota.server.app import create_app
+    from ota.server.auth import create_operator_token, create_provisioning_token
+    from ota.server.db import transaction
+
+    with transaction(ctx.sessions) as session:
+        _admin_row, admin = create_operator_token(session, name=f"{label}-admin", scopes=["admin"])
+        _prov_row, provisioning = create_provisioning_token(session, name=label, auto_accept=True)
+    port = ctx.settings.port
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(ctx=ctx), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("OTA server did not start")
+        time.sleep(0.02)
+    try:
+        yield Served(f"http://127.0.0.1:{port}", admin, provisioning)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
 
 
 class HttpClient(Protocol):

@@ -244,13 +244,9 @@ def _free_port() -> int:
 @pytest.fixture
 def ota_server(tmp_path: Path) -> Iterator[LiveServer]:
     """Start the real OTA server (SQLite + local blobs) on uvicorn in a thread, for one test."""
-    import uvicorn
-
-    from ota.server.app import create_app
-    from ota.server.auth import create_operator_token, create_provisioning_token
     from ota.server.context import build_context
-    from ota.server.db import transaction
     from ota.server.settings import load_settings
+    from ota.server.testing import serve_in_thread
 
     port = _free_port()
     home = tmp_path / "server"
@@ -265,23 +261,5 @@ def ota_server(tmp_path: Path) -> Iterator[LiveServer]:
         resign_check_interval=3600,
     )
     ctx = build_context(settings)
-    with transaction(ctx.sessions) as session:
-        _row, admin = create_operator_token(session, name="edge-it", scopes=["admin"])
-        _prow, provisioning = create_provisioning_token(session, name="edge-it", auto_accept=True)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(ctx=ctx), host="127.0.0.1", port=port, log_level="warning", access_log=False
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("OTA server did not start")
-        time.sleep(0.02)
-    try:
-        yield LiveServer(f"http://127.0.0.1:{port}", home, admin, provisioning, ctx)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with serve_in_thread(ctx, label="edge-it") as served:
+        yield LiveServer(served.url, home, served.admin_token, served.provisioning_token, ctx)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,13 +15,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import uvicorn
 
-from ota.server.app import create_app
-from ota.server.auth import create_operator_token, create_provisioning_token
 from ota.server.context import ServerContext, build_context
-from ota.server.db import transaction
 from ota.server.settings import ServerSettings, load_settings
+from ota.server.testing import serve_in_thread
 
 PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -53,27 +48,8 @@ class LiveServer:
 def live_server(settings: ServerSettings) -> Iterator[LiveServer]:
     """Run the app on uvicorn in a thread; stop it (and its background tasks) on exit."""
     ctx = build_context(settings)
-    with transaction(ctx.sessions) as session:
-        _admin_row, admin = create_operator_token(session, name="it-admin", scopes=["admin"])
-        _prov_row, provisioning = create_provisioning_token(session, name="it", auto_accept=True)
-    port = settings.port
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(ctx=ctx), host="127.0.0.1", port=port, log_level="warning", access_log=False
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("server did not start")
-        time.sleep(0.02)
-    try:
-        yield LiveServer(f"http://127.0.0.1:{port}", ctx, admin, provisioning)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with serve_in_thread(ctx, label="it") as served:
+        yield LiveServer(served.url, ctx, served.admin_token, served.provisioning_token)
 
 
 @pytest.fixture
