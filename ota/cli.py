@@ -25,6 +25,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "server": ("ota.server.cli:server_app", "Run and migrate the OTA server."),
     "keys": ("ota.server.cli:keys_app", "Create and rotate the TUF and director keys."),
     "tokens": ("ota.server.cli:tokens_app", "Create and revoke operator API tokens."),
+    "devices": ("ota.server.cli:devices_app", "List devices; accept, reject or revoke them."),
     "release": ("ota.server.cli:release_app", "Publish model artifacts as signed releases."),
     "rollout": ("ota.server.cli:rollout_app", "Start, watch, pause, resume and abort rollouts."),
     "agent": ("ota.edge.cli:agent_app", "Run the edge agent on this device."),

@@ -29,18 +29,19 @@ class VectorsConfig(_Section):
 
 
 class PhaseConfig(_Section):
-    """One rollout phase (the server's ``PhaseModel``)."""
+    """One rollout phase (the server's ``PhaseModel``); a field left out takes the server's safe default."""
 
     percent: float = Field(gt=0, le=100)
-    min_soak_seconds: int = Field(0, ge=0)
-    min_reports: int = Field(0, ge=0)
+    min_soak_seconds: int | None = Field(None, ge=0)
+    min_reports: int | None = Field(None, ge=1)
+    min_success_ratio: float | None = Field(None, ge=0, le=1)
 
 
 class RolloutConfig(_Section):
     """Phases and the automatic abort rule of the rollout the pipeline starts."""
 
     phases: list[PhaseConfig] = Field(
-        default_factory=lambda: [PhaseConfig(percent=p, min_reports=1) for p in (1.0, 10.0, 50.0, 100.0)],
+        default_factory=lambda: [PhaseConfig(percent=p) for p in (1.0, 10.0, 50.0, 100.0)],
         min_length=1,
     )
     failure_threshold: float = Field(0.1, ge=0, le=1)

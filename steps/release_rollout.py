@@ -20,7 +20,7 @@ def rollout_body(release_id: str, config: ReleasePipelineConfig) -> dict[str, An
         "release_id": release_id,
         "group": plan.group,
         "tags": list(plan.tags),
-        "phases": [phase.model_dump() for phase in plan.phases],
+        "phases": [phase.model_dump(exclude_none=True) for phase in plan.phases],
         "failure_threshold": plan.failure_threshold,
         "min_reports_for_abort": plan.min_reports_for_abort,
         "abort_action": plan.abort_action,

@@ -70,6 +70,8 @@ class AdmissionState(StrEnum):
     PENDING = "pending"
     ACCEPTED = "accepted"
     REJECTED = "rejected"
+    #: Credentials withdrawn for good: refused on every endpoint and never accepted again under this key.
+    REVOKED = "revoked"
 
 
 class ReportStatus(StrEnum):

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from ota.core.errors import OtaError
 from ota.server.errors import ServerError
+from ota.server.rollout_machine import DEFAULT_FAILURE_THRESHOLD, DEFAULT_MIN_REPORTS_FOR_ABORT
 
 console = Console()
 server_app = typer.Typer(help="Run and migrate the OTA server.", no_args_is_help=True, add_completion=False)
@@ -25,7 +26,12 @@ keys_app = typer.Typer(
     help="Create and rotate the TUF and director keys.", no_args_is_help=True, add_completion=False
 )
 tokens_app = typer.Typer(
-    help="Create operator and provisioning tokens.", no_args_is_help=True, add_completion=False
+    help="Create, list and revoke operator and provisioning tokens.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+devices_app = typer.Typer(
+    help="List devices; accept, reject or revoke them.", no_args_is_help=True, add_completion=False
 )
 release_app = typer.Typer(
     help="Publish model artifacts as signed releases.", no_args_is_help=True, add_completion=False
@@ -201,6 +207,134 @@ def tokens_provisioning(
     typer.echo(token)
 
 
+@tokens_app.command("list")
+def tokens_list() -> None:
+    """List operator and provisioning tokens (ids, scopes, revoked or not; never the secrets)."""
+    from sqlalchemy import select
+
+    from ota.server.models import OperatorToken, ProvisioningToken
+
+    table = Table("id", "kind", "name", "scopes / admission", "created", "revoked")
+    with _errors():
+        ctx = _context()
+        with ctx.sessions() as session:
+            for op in session.scalars(select(OperatorToken).order_by(OperatorToken.created_at)):
+                table.add_row(
+                    op.id,
+                    "operator",
+                    op.name,
+                    ",".join(op.scopes),
+                    f"{op.created_at:%F %T}",
+                    _when(op.revoked_at),
+                )
+            for pt in session.scalars(select(ProvisioningToken).order_by(ProvisioningToken.created_at)):
+                admission = ("auto-accept" if pt.auto_accept else "manual") + (
+                    f", group {pt.group}" if pt.group else ""
+                )
+                table.add_row(
+                    pt.id, "provisioning", pt.name, admission, f"{pt.created_at:%F %T}", _when(pt.revoked_at)
+                )
+        ctx.close()
+    console.print(table)
+
+
+def _when(moment: Any) -> str:
+    return "" if moment is None else f"{moment:%F %T}"
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[str, typer.Argument(help="Token id (the part after efo_/efp_, see `tokens list`).")],
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the audit log).")] = None,
+) -> None:
+    """Revoke an operator or provisioning token at once and for good (audited)."""
+    from ota.server.admission import revoke_token
+    from ota.server.db import transaction
+
+    with _errors():
+        ctx = _context()
+        with transaction(ctx.sessions) as session:
+            row = revoke_token(session, token_id=token_id, actor="cli", reason=reason)
+            name = row.name
+        ctx.close()
+    console.print(f"revoked {token_id} ({name})")
+
+
+# ---- devices -------------------------------------------------------------------------------------------
+
+
+@devices_app.command("list")
+def devices_list(
+    state: Annotated[str | None, typer.Option(help="pending, accepted, rejected or revoked.")] = None,
+) -> None:
+    """List devices with their admission state, profile, group and installed model."""
+    from sqlalchemy import select
+
+    from ota.server.models import Device
+
+    table = Table("id", "state", "profile", "group", "installed sha256", "last seen")
+    with _errors():
+        ctx = _context()
+        with ctx.sessions() as session:
+            query = select(Device).order_by(Device.id)
+            if state:
+                query = query.where(Device.state == state)
+            for d in session.scalars(query):
+                table.add_row(
+                    d.id,
+                    d.state,
+                    d.hardware_profile,
+                    d.group or "",
+                    d.current_sha256 or "",
+                    _when(d.updated_at),
+                )
+        ctx.close()
+    console.print(table)
+
+
+def _admit(device_id: str, decision: str, reason: str | None) -> None:
+    from ota.core.manifest import AdmissionState
+    from ota.server.admission import revoke_device, set_admission
+    from ota.server.db import transaction
+
+    with _errors():
+        ctx = _context()
+        with transaction(ctx.sessions) as session:
+            if decision == AdmissionState.REVOKED.value:
+                device = revoke_device(session, device_id=device_id, actor="cli", reason=reason)
+            else:
+                device = set_admission(
+                    session,
+                    device_id=device_id,
+                    decision=AdmissionState(decision),
+                    actor="cli",
+                    reason=reason,
+                )
+            state = device.state
+        ctx.close()
+    console.print(f"{device_id}: {state}")
+
+
+def _admission_command(decision: str, doc: str) -> Callable[..., None]:
+    def command(
+        device_id: Annotated[str, typer.Argument(help="Device id.")],
+        reason: Annotated[str | None, typer.Option(help="Why (kept in the audit log).")] = None,
+    ) -> None:
+        _admit(device_id, decision, reason)
+
+    command.__doc__ = doc
+    return command
+
+
+devices_app.command("accept")(_admission_command("accepted", "Accept a pending (or rejected) device."))
+devices_app.command("reject")(
+    _admission_command("rejected", "Reject a device: refused on every endpoint until accepted again.")
+)
+devices_app.command("revoke")(
+    _admission_command("revoked", "Revoke a device for good: refused everywhere, never accepted again.")
+)
+
+
 # ---- releases ------------------------------------------------------------------------------------------
 
 
@@ -264,12 +398,12 @@ def release_list() -> None:
 # ---- rollouts ------------------------------------------------------------------------------------------
 
 
-def _parse_phases(text: str | None) -> list[Any] | None:
-    from ota.server.rollout_machine import Phase
-
-    if not text:
-        return None
-    return [Phase(percent=float(p)) for p in text.split(",")]
+def _parse_phases(text: str, settings: Any) -> list[Any]:
+    """Percentages → phases with the server's soak and success settings (``EDGEFLEET_ROLLOUT_*``)."""
+    try:
+        return [settings.phase(float(p)) for p in text.split(",")]
+    except ValueError as exc:
+        raise typer.BadParameter(f"--phases takes comma-separated percentages, got {text!r}") from exc
 
 
 @rollout_app.command("start")
@@ -278,10 +412,17 @@ def rollout_start(
     group: Annotated[str | None, typer.Option()] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Required device tag (repeatable).")] = None,
     phases: Annotated[str | None, typer.Option(help="Comma-separated percentages, e.g. 1,10,50,100.")] = None,
-    failure_threshold: Annotated[float, typer.Option(min=0, max=1)] = 0.1,
-    min_reports: Annotated[int, typer.Option(min=1, help="Reports needed before auto-abort applies.")] = 5,
+    failure_threshold: Annotated[float, typer.Option(min=0, max=1)] = DEFAULT_FAILURE_THRESHOLD,
+    min_reports: Annotated[
+        int, typer.Option(min=1, help="Reports needed before auto-abort applies.")
+    ] = DEFAULT_MIN_REPORTS_FOR_ABORT,
 ) -> None:
-    """Start a rollout of a release."""
+    """Start a staged rollout of a release.
+
+    Each phase advances only after its soak time and real successes (at least one, and half of its cohort by
+    default; EDGEFLEET_ROLLOUT_MIN_SOAK_SECONDS, _MIN_REPORTS and _MIN_SUCCESS_RATIO set them). A failure
+    rate over the threshold aborts it, even after it completed (then it is rolled back).
+    """
     from ota.server.db import transaction
     from ota.server.rollouts import create_rollout
 
@@ -293,7 +434,7 @@ def rollout_start(
                 release_id=release,
                 group=group,
                 tags=tuple(tag or ()),
-                phases=_parse_phases(phases) or ctx.settings.default_phases(),
+                phases=_parse_phases(phases, ctx.settings) if phases else ctx.settings.default_phases(),
                 failure_threshold=failure_threshold,
                 min_reports_for_abort=min_reports,
                 actor="cli",

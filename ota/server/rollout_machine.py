@@ -5,12 +5,27 @@ do from its counters, applies :func:`transition`, and writes the result. Tests d
 
 States: ``running`` → (``paused`` ⇄ ``running``) → ``completed``; ``aborted`` and ``rolled-back`` are
 terminal and send devices back to the previous release.
+
+Safety rules (each pinned by a test):
+
+* A phase advances only after its soak time **and** its required successes: at least one committed device,
+  at least ``min_reports``, and at least ``min_success_ratio`` of the phase's cohort, never more than the
+  cohort holds (:meth:`Phase.required_successes`). A phase whose cohort holds no device advances after its
+  soak; a rollout whose selector matches no accepted device at all waits (``cohort_size=None``).
+* The failure rule applies in every state but the terminal ones. Over the threshold, a ``running`` or
+  ``paused`` rollout takes the configured action (``abort``, or ``pause``: a paused one stays paused), and a
+  ``completed`` rollout, which still collects reports from the devices that install after it completed, is
+  rolled back (action ``abort``) or paused for an operator (action ``pause``; at 100 % it keeps serving the
+  release but holds its selector until someone resumes, aborts or rolls back).
+* The rule needs ``min_reports_for_abort`` final reports, or every device of the cohort when the cohort is
+  smaller: two failures out of a two-device phase abort it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -53,7 +68,17 @@ TRANSITIONS: dict[tuple[RolloutState, RolloutEvent], RolloutState] = {
     (RolloutState.RUNNING, RolloutEvent.ROLLBACK): RolloutState.ROLLED_BACK,
     (RolloutState.PAUSED, RolloutEvent.ROLLBACK): RolloutState.ROLLED_BACK,
     (RolloutState.COMPLETED, RolloutEvent.ROLLBACK): RolloutState.ROLLED_BACK,
+    # The failure rule with action "pause" flags a completed rollout for an operator.
+    (RolloutState.COMPLETED, RolloutEvent.PAUSE): RolloutState.PAUSED,
 }
+
+#: Safe defaults of a phase, used by the API, the CLI and the settings alike (one place).
+DEFAULT_PERCENTS: tuple[float, ...] = (1.0, 10.0, 50.0, 100.0)
+DEFAULT_MIN_SOAK_SECONDS = 60
+DEFAULT_MIN_REPORTS = 1
+DEFAULT_MIN_SUCCESS_RATIO = 0.5
+DEFAULT_FAILURE_THRESHOLD = 0.1
+DEFAULT_MIN_REPORTS_FOR_ABORT = 5
 
 
 @dataclass(frozen=True)
@@ -63,12 +88,14 @@ class Phase:
     Attributes:
         percent: Share of matching devices included, 0 < percent ≤ 100.
         min_soak_seconds: Minimum time spent in this phase.
-        min_reports: Minimum committed devices (cumulative) before advancing.
+        min_reports: Minimum committed devices (cumulative, cohorts nest) before advancing; at least 1.
+        min_success_ratio: Minimum share of the phase's cohort that must have committed, 0-1.
     """
 
     percent: float
-    min_soak_seconds: int = 0
-    min_reports: int = 0
+    min_soak_seconds: int = DEFAULT_MIN_SOAK_SECONDS
+    min_reports: int = DEFAULT_MIN_REPORTS
+    min_success_ratio: float = DEFAULT_MIN_SUCCESS_RATIO
 
     def __post_init__(self) -> None:
         """Validate the values.
@@ -76,8 +103,24 @@ class Phase:
         Raises:
             RolloutStateError: Out-of-range values.
         """
-        if not 0 < self.percent <= 100 or self.min_soak_seconds < 0 or self.min_reports < 0:
-            raise RolloutStateError(f"bad phase {self}: percent in (0, 100], soak and reports ≥ 0")
+        if (
+            not 0 < self.percent <= 100
+            or self.min_soak_seconds < 0
+            or self.min_reports < 0
+            or not 0 <= self.min_success_ratio <= 1
+        ):
+            raise RolloutStateError(
+                f"bad phase {self}: percent in (0, 100], soak and reports ≥ 0, success ratio in [0, 1]"
+            )
+
+    def required_successes(self, cohort_size: int) -> int:
+        """Return the committed devices this phase needs before it may advance.
+
+        At least one (a phase never advances on time alone), at least ``min_reports`` and the success ratio
+        of the cohort, but never more than the cohort holds: an empty cohort needs none.
+        """
+        wanted = max(1, self.min_reports, math.ceil(self.min_success_ratio * cohort_size))
+        return min(cohort_size, wanted)
 
 
 def validate_phases(phases: list[Phase]) -> list[Phase]:
@@ -163,39 +206,60 @@ def decide(
     counters: RolloutCounters,
     policy: Policy,
     now: datetime,
-    cohort_size: int | None = None,
+    cohort_size: int | None,
 ) -> tuple[RolloutEvent, str] | None:
     """Decide the automatic event for a rollout, if any.
 
     Args:
-        state: Current state (only ``running`` rollouts move on their own).
+        state: Current state (terminal states never move on their own).
         phase: Current phase.
         phase_started_at: When the phase began.
-        counters: Cumulative device outcomes.
+        counters: Cumulative outcomes of the devices the rollout targeted.
         policy: The abort rule.
         now: Current time.
-        cohort_size: Devices the phase includes, when known. A phase cannot wait for more successes than
-            it has devices: a 1 % phase of a 20-device fleet may hold none, and would otherwise stall.
+        cohort_size: Accepted devices the current phase includes, or None when no accepted device matches
+            the rollout's selector at all (an empty fleet: the rollout waits for it).
 
     Returns:
         ``(event, reason)`` or None.
     """
-    if state is not RolloutState.RUNNING:
+    if state in REVERTED_STATES:
         return None
-    if counters.reported >= policy.min_reports_for_abort and counters.failure_rate > policy.failure_threshold:
-        return policy.abort_event, (
-            f"failure rate {counters.failure_rate:.1%} over {counters.reported} reports "
-            f"exceeds {policy.failure_threshold:.1%}"
-        )
-    soaked = now - phase_started_at >= timedelta(seconds=phase.min_soak_seconds)
-    required = phase.min_reports if cohort_size is None else min(phase.min_reports, cohort_size)
-    if soaked and counters.succeeded >= required:
-        capped = f" (its cohort holds {cohort_size} device(s))" if required < phase.min_reports else ""
-        return RolloutEvent.ADVANCE, (
-            f"phase {phase.percent:g}% soaked {phase.min_soak_seconds}s with {counters.succeeded} successes"
-            + capped
-        )
-    return None
+    failure = _failure_event(state, counters, policy, cohort_size)
+    if failure is not None:
+        return failure
+    if state is not RolloutState.RUNNING or cohort_size is None:
+        return None
+    if now - phase_started_at < timedelta(seconds=phase.min_soak_seconds):
+        return None
+    required = phase.required_successes(cohort_size)
+    if counters.succeeded < required:
+        return None
+    return RolloutEvent.ADVANCE, (
+        f"phase {phase.percent:g}% soaked {phase.min_soak_seconds}s with {counters.succeeded} of "
+        f"{required} required successes (cohort {cohort_size} device(s))"
+    )
+
+
+def _failure_event(
+    state: RolloutState, counters: RolloutCounters, policy: Policy, cohort_size: int | None
+) -> tuple[RolloutEvent, str] | None:
+    """The failure rule: the configured action once the failure rate is over the threshold."""
+    needed = policy.min_reports_for_abort
+    if cohort_size:
+        needed = min(needed, cohort_size)
+    if counters.reported < needed or counters.failure_rate <= policy.failure_threshold:
+        return None
+    action = policy.abort_event
+    if state is RolloutState.PAUSED and action is RolloutEvent.PAUSE:
+        return None  # already where the rule would put it
+    if state is RolloutState.COMPLETED and action is RolloutEvent.ABORT:
+        action = RolloutEvent.ROLLBACK
+    after = " after completion" if state is RolloutState.COMPLETED else ""
+    return action, (
+        f"failure rate {counters.failure_rate:.1%} over {counters.reported} reports "
+        f"exceeds {policy.failure_threshold:.1%}{after}"
+    )
 
 
 def cohort_point(device_id: str, rollout_id: str) -> float:

@@ -25,6 +25,10 @@ from ota.server.errors import ConflictError, InvalidRequestError, NotFoundError,
 from ota.server.models import AuditEntry, Device, Release, Rollout, RolloutDevice
 from ota.server.rollout_machine import (
     ACTIVE_STATES,
+    DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_MIN_REPORTS_FOR_ABORT,
+    DEFAULT_PERCENTS,
+    REVERTED_STATES,
     Phase,
     Policy,
     RolloutCounters,
@@ -39,7 +43,7 @@ from ota.server.rollout_machine import (
 TIMED_OUT = "timed-out"
 IN_PROGRESS = (ReportStatus.DOWNLOADING.value, ReportStatus.DOWNLOADED.value, ReportStatus.INSTALLED.value)
 FAILED = (*(s.value for s in FAILURE_STATUSES), TIMED_OUT)
-DEFAULT_PHASES = [Phase(1, 0, 0), Phase(10, 0, 0), Phase(50, 0, 0), Phase(100, 0, 0)]
+DEFAULT_PHASES = [Phase(p) for p in DEFAULT_PERCENTS]
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,8 @@ def create_rollout(
     group: str | None = None,
     tags: tuple[str, ...] = (),
     phases: list[Phase] | None = None,
-    failure_threshold: float = 0.1,
-    min_reports_for_abort: int = 5,
+    failure_threshold: float = DEFAULT_FAILURE_THRESHOLD,
+    min_reports_for_abort: int = DEFAULT_MIN_REPORTS_FOR_ABORT,
     abort_action: str = "abort",
     progress_timeout: int = 3600,
     actor: str,
@@ -103,7 +107,7 @@ def create_rollout(
         release_id: The release to roll out.
         group: Device group to target (None: any).
         tags: Tags every targeted device must carry.
-        phases: Phases (default 1 → 10 → 50 → 100 %).
+        phases: Phases (default 1 → 10 → 50 → 100 %, each with the safe defaults of ``Phase``).
         failure_threshold: Failure rate that stops the rollout.
         min_reports_for_abort: Reports needed before the failure rule applies.
         abort_action: ``abort`` or ``pause`` when the failure rule fires.
@@ -239,10 +243,15 @@ def control_rollout(session: Session, rollout_id: str, event: RolloutEvent, *, a
 
 
 def counters(session: Session, rollout_id: str) -> RolloutCounters:
-    """Count device outcomes of a rollout."""
+    """Count the outcomes of the devices a rollout targeted that are still accepted.
+
+    Only targeted devices have rows (see :func:`record_device_status`); a device rejected or revoked since
+    it reported no longer counts.
+    """
     rows = session.execute(
         select(RolloutDevice.status, func.count())
-        .where(RolloutDevice.rollout_id == rollout_id)
+        .join(Device, Device.id == RolloutDevice.device_id)
+        .where(RolloutDevice.rollout_id == rollout_id, Device.state == AdmissionState.ACCEPTED.value)
         .group_by(RolloutDevice.status)
     ).all()
     by_status = {status: int(count) for status, count in rows}
@@ -254,7 +263,10 @@ def counters(session: Session, rollout_id: str) -> RolloutCounters:
 
 
 def tick_rollout(session: Session, rollout_id: str, *, now: datetime | None = None) -> RolloutEvent | None:
-    """Time out stuck devices, then advance, pause or abort the rollout if its rule says so.
+    """Time out stuck devices, then advance, pause, abort or roll back the rollout if its rules say so.
+
+    Running rollouts advance and all non-terminal ones (paused and completed too) obey the failure rule;
+    see :mod:`ota.server.rollout_machine`.
 
     Args:
         session: A session inside a transaction.
@@ -269,7 +281,8 @@ def tick_rollout(session: Session, rollout_id: str, *, now: datetime | None = No
     """
     moment = now or datetime.now(UTC)
     rollout = _locked(session, rollout_id)
-    if RolloutState(rollout.state) is not RolloutState.RUNNING:
+    state = RolloutState(rollout.state)
+    if state in REVERTED_STATES:
         return None
     session.execute(
         update(RolloutDevice)
@@ -285,12 +298,11 @@ def tick_rollout(session: Session, rollout_id: str, *, now: datetime | None = No
         phase_started = phase_started.replace(tzinfo=UTC)
     phase = _phases(rollout)[rollout.phase_index]
     counted = counters(session, rollout_id)
-    # Only a soaked phase still short of successes needs its cohort counted (a scan of the devices).
-    short = moment - phase_started >= timedelta(seconds=phase.min_soak_seconds) and (
-        counted.succeeded < phase.min_reports
-    )
+    soaked = moment - phase_started >= timedelta(seconds=phase.min_soak_seconds)
+    if counted.failed == 0 and not (soaked and state is RolloutState.RUNNING):
+        return None  # nothing can fire: skip counting the cohort (a scan of the selector's devices)
     decision = decide(
-        state=RolloutState(rollout.state),
+        state=state,
         phase=phase,
         phase_started_at=phase_started,
         counters=counted,
@@ -298,13 +310,20 @@ def tick_rollout(session: Session, rollout_id: str, *, now: datetime | None = No
             rollout.failure_threshold, rollout.min_reports_for_abort, RolloutEvent(rollout.abort_action)
         ),
         now=moment,
-        cohort_size=cohort_size(session, rollout) if short else None,
+        cohort_size=cohort_size(session, rollout),
     )
     if decision is None:
         return None
     event, reason = decision
     _apply(session, rollout, event, "auto", reason, moment)
     return event
+
+
+def _effective_percent(rollout: Rollout) -> float:
+    """The share of the selector a rollout targets now (a completed rollout targets all of it)."""
+    if rollout.state == RolloutState.COMPLETED.value:
+        return 100.0
+    return float(rollout.phases[rollout.phase_index]["percent"])
 
 
 def cohort_size(session: Session, rollout: Rollout) -> int | None:
@@ -315,7 +334,7 @@ def cohort_size(session: Session, rollout: Rollout) -> int | None:
         before its fleet enrols waits for the fleet instead of racing through empty phases.
     """
     selector = Selector.from_dict(rollout.selector)
-    percent = float(rollout.phases[rollout.phase_index]["percent"])
+    percent = _effective_percent(rollout)
     devices = session.scalars(
         select(Device)
         .options(load_only(Device.id, Device.hardware_profile, Device.group, Device.tags))
@@ -328,30 +347,64 @@ def cohort_size(session: Session, rollout: Rollout) -> int | None:
 
 
 def active_rollout_ids(session: Session) -> list[str]:
-    """Return the ids of running rollouts (what the background ticker visits)."""
-    return list(session.scalars(select(Rollout.id).where(Rollout.state == RolloutState.RUNNING.value)))
+    """Return the rollouts the background ticker visits.
+
+    Running and paused ones, and a completed one while it is the newest rollout of its selector: devices
+    keep installing (and failing) after the last phase completed, and the failure rule still applies.
+    """
+    live = list(
+        session.scalars(select(Rollout.id).where(Rollout.state.in_([s.value for s in ACTIVE_STATES])))
+    )
+    completed = session.execute(
+        select(Rollout.id, Rollout.selector_key, Rollout.created_at).where(
+            Rollout.state == RolloutState.COMPLETED.value
+        )
+    ).all()
+    if not completed:
+        return live
+    newest = func.max(Rollout.created_at).label("newest")
+    latest = {
+        row.selector_key: row.newest
+        for row in session.execute(
+            select(Rollout.selector_key, newest)
+            .where(Rollout.selector_key.in_({row.selector_key for row in completed}))
+            .group_by(Rollout.selector_key)
+        )
+    }
+    return live + [row.id for row in completed if row.created_at == latest[row.selector_key]]
 
 
 def record_device_status(
-    session: Session, *, rollout_id: str, device_id: str, status: str, now: datetime
+    session: Session, *, rollout_id: str, device_id: str, release_id: str | None, status: str, now: datetime
 ) -> None:
     """Record a device's latest status in a rollout (idempotent: a repeated status changes nothing).
 
+    A report counts only when the rollout really targeted the device: the device is accepted, matches the
+    selector, sits inside the cohort the rollout has reached, and the report is about the rollout's own
+    release (a device outside the cohort is sent the previous release under the same rollout id; its
+    install of that release is not an outcome of this rollout). Anything else is ignored.
+
     A device that already committed or failed keeps that outcome unless it starts over (downloading) or
     reports another outcome (a rollback after a commit).
-    Reports naming an unknown rollout, or one whose selector does not match the device, are ignored.
 
     Args:
         session: A session inside a transaction.
         rollout_id: The rollout the report names.
         device_id: The device.
+        release_id: The release the report is about.
         status: The reported status.
         now: Receive time.
     """
     rollout = session.get(Rollout, rollout_id)
     device = session.get(Device, device_id)
-    # A device only counts in rollouts that target it: a report naming another rollout cannot skew it.
-    if rollout is None or device is None or not Selector.from_dict(rollout.selector).matches(device):
+    if (
+        rollout is None
+        or device is None
+        or release_id != rollout.release_id
+        or device.state != AdmissionState.ACCEPTED.value
+        or not Selector.from_dict(rollout.selector).matches(device)
+        or not in_cohort(device_id, rollout_id, _effective_percent(rollout))
+    ):
         return
     row = session.get(RolloutDevice, (rollout_id, device_id))
     if row is None:

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ota.server.rollout_machine import DEFAULT_FAILURE_THRESHOLD, DEFAULT_MIN_REPORTS_FOR_ABORT
+
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,63}$"
 
 
@@ -129,12 +131,14 @@ class PublishPublic(BaseModel):
 
 
 class PhaseModel(BaseModel):
-    """A rollout phase."""
+    """A rollout phase; a field left out takes the server's default (``EDGEFLEET_ROLLOUT_*``)."""
 
     model_config = ConfigDict(extra="forbid")
     percent: float = Field(gt=0, le=100)
-    min_soak_seconds: int = Field(default=0, ge=0, le=10**8)
-    min_reports: int = Field(default=0, ge=0, le=10**9)
+    min_soak_seconds: int | None = Field(default=None, ge=0, le=10**8)
+    # At least one success: a phase never advances on time alone.
+    min_reports: int | None = Field(default=None, ge=1, le=10**9)
+    min_success_ratio: float | None = Field(default=None, ge=0, le=1)
 
 
 class RolloutCreate(BaseModel):
@@ -145,8 +149,8 @@ class RolloutCreate(BaseModel):
     group: str | None = Field(default=None, pattern=LABEL)
     tags: list[str] = Field(default_factory=list, max_length=32)
     phases: list[PhaseModel] | None = Field(default=None, min_length=1, max_length=20)
-    failure_threshold: float = Field(default=0.1, ge=0, le=1)
-    min_reports_for_abort: int = Field(default=5, ge=1, le=10**9)
+    failure_threshold: float = Field(default=DEFAULT_FAILURE_THRESHOLD, ge=0, le=1)
+    min_reports_for_abort: int = Field(default=DEFAULT_MIN_REPORTS_FOR_ABORT, ge=1, le=10**9)
     abort_action: Literal["abort", "pause"] = "abort"
     progress_timeout: int = Field(default=3600, ge=1, le=10**8)
 
@@ -178,6 +182,36 @@ class DevicePublic(BaseModel):
     state: str
     current_sha256: str | None
     last_report_counter: int
+
+
+class TokenInfo(BaseModel):
+    """An operator or provisioning token as admins see it (never the token itself)."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class OperatorTokenInfo(TokenInfo):
+    """An operator token."""
+
+    scopes: list[str]
+
+
+class ProvisioningTokenInfo(TokenInfo):
+    """A provisioning token."""
+
+    auto_accept: bool
+    group: str | None
+
+
+class RevokeRequest(BaseModel):
+    """Why a credential is revoked or a device rejected (goes into the audit log)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(default=None, max_length=500)
 
 
 class AuditPublic(BaseModel):

@@ -11,13 +11,20 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ota.core.signing import atomic_write_bytes
 from ota.server.errors import ConfigError
+from ota.server.rollout_machine import (
+    DEFAULT_MIN_REPORTS,
+    DEFAULT_MIN_SOAK_SECONDS,
+    DEFAULT_MIN_SUCCESS_RATIO,
+    DEFAULT_PERCENTS,
+    Phase,
+)
 
 DEFAULT_SECRET = "change-me"  # noqa: S105 - the sentinel that production mode refuses
 
@@ -70,18 +77,33 @@ class ServerSettings(BaseSettings):
     max_artifact_bytes: int = Field(default=2 * 1024**3, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     rollout_tick_interval: float = Field(default=10.0, gt=0)
-    # Default phases of a rollout when the API or CLI gives none (EDGEFLEET_ROLLOUT_PHASES='[1,10,50,100]').
-    rollout_phases: list[float] = Field(default_factory=lambda: [1.0, 10.0, 50.0, 100.0], min_length=1)
-    rollout_min_soak_seconds: int = Field(default=0, ge=0)
-    rollout_min_reports: int = Field(default=0, ge=0)
+    # Default phases of a rollout when the API or CLI gives none (EDGEFLEET_ROLLOUT_PHASES='[1,10,50,100]'),
+    # and what each phase needs before it advances when the request leaves it out: a soak time and real
+    # successes (at least one, and a share of the phase's cohort). Safe by default: see rollout_machine.
+    rollout_phases: list[float] = Field(default_factory=lambda: list(DEFAULT_PERCENTS), min_length=1)
+    rollout_min_soak_seconds: int = Field(default=DEFAULT_MIN_SOAK_SECONDS, ge=0)
+    rollout_min_reports: int = Field(default=DEFAULT_MIN_REPORTS, ge=1)
+    rollout_min_success_ratio: float = Field(default=DEFAULT_MIN_SUCCESS_RATIO, ge=0, le=1)
 
-    def default_phases(self) -> list[Any]:
-        """Return the configured default phases as ``rollout_machine.Phase`` objects."""
-        from ota.server.rollout_machine import Phase
+    def phase(
+        self,
+        percent: float,
+        *,
+        min_soak_seconds: int | None = None,
+        min_reports: int | None = None,
+        min_success_ratio: float | None = None,
+    ) -> Phase:
+        """Build a phase, filling what the caller left out from these settings."""
+        return Phase(
+            percent,
+            self.rollout_min_soak_seconds if min_soak_seconds is None else min_soak_seconds,
+            self.rollout_min_reports if min_reports is None else min_reports,
+            self.rollout_min_success_ratio if min_success_ratio is None else min_success_ratio,
+        )
 
-        return [
-            Phase(p, self.rollout_min_soak_seconds, self.rollout_min_reports) for p in self.rollout_phases
-        ]
+    def default_phases(self) -> list[Phase]:
+        """Return the configured default phases."""
+        return [self.phase(p) for p in self.rollout_phases]
 
     @field_validator("home", mode="after")
     @classmethod

@@ -42,6 +42,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: Admission states refused on every device endpoint.
+_REFUSED = frozenset({AdmissionState.REJECTED.value, AdmissionState.REVOKED.value})
+
+
+def _require_accepted(device: Device) -> None:
+    if device.state != AdmissionState.ACCEPTED.value:
+        raise ForbiddenError(f"device {device.id} is {device.state}; only accepted devices may report")
+
+
 @router.post("/enrol", responses=ERRORS, status_code=201)
 def enrol(envelope: Envelope, ctx: ContextDep) -> JSONResponse:
     """Enrol a device: provisioning token + self-signed public key, hardware profile and tags.
@@ -51,7 +60,7 @@ def enrol(envelope: Envelope, ctx: ContextDep) -> JSONResponse:
         SignatureError: Not signed by the key it presents.
         AuthError: Unknown or revoked provisioning token.
         ConflictError: The device id is enrolled with another key.
-        ForbiddenError: The device was rejected.
+        ForbiddenError: The device was rejected or revoked, or asks for a group its token does not allow.
     """
     with ctx.transaction() as session:
         raw = envelope.model_dump()
@@ -59,6 +68,12 @@ def enrol(envelope: Envelope, ctx: ContextDep) -> JSONResponse:
         key = key_from_dict(request.public_key)
         verify_signed_request(raw, key, EnrolmentRequest)
         token = find_provisioning_token(session, request.provisioning_token)
+        if token.group is not None and request.group not in (None, token.group):
+            # A group-scoped token binds its devices to the group (auto-accept must not let one pick another).
+            raise ForbiddenError(
+                f"this provisioning token enrols devices into group {token.group!r} only, "
+                f"not {request.group!r}"
+            )
         device = session.get(Device, request.device_id)
         if device is None:
             device = Device(
@@ -83,8 +98,8 @@ def enrol(envelope: Envelope, ctx: ContextDep) -> JSONResponse:
             )
         elif device.keyid != key.keyid:
             raise ConflictError(f"device {request.device_id} is enrolled with another key")
-        if device.state == AdmissionState.REJECTED.value:
-            raise ForbiddenError(f"device {request.device_id} was rejected by an operator")
+        if device.state in _REFUSED:
+            raise ForbiddenError(f"device {request.device_id} was {device.state} by an operator")
         root = ctx.repository.read(session, "root")
         base = ctx.settings.public_base_url.rstrip("/")
         answer = EnrolmentResponse(
@@ -106,10 +121,14 @@ def challenge(device_id: DevicePath, ctx: ContextDep) -> ChallengePublic:
 
     Raises:
         NotFoundError: Unknown device.
+        ForbiddenError: The device was rejected or revoked.
     """
     with ctx.transaction() as session:
-        if session.get(Device, device_id) is None:
+        device = session.get(Device, device_id)
+        if device is None:
             raise NotFoundError(f"no device {device_id!r}")
+        if device.state in _REFUSED:
+            raise ForbiddenError(f"device {device_id} is {device.state}")
         nonce, expires = ctx.tokens.challenge(device_id)
         return ChallengePublic(nonce=nonce, expires=format_time(expires))
 
@@ -187,7 +206,8 @@ def report(device_id: DeviceIdDep, envelope: Envelope, ctx: ContextDep) -> Repor
     Raises:
         NotFoundError: Unknown device.
         SignatureError: Not signed by the device key.
-        ForbiddenError: The report names another device.
+        ForbiddenError: The report names another device, or the device is not accepted (rejected, revoked or
+            still pending: only accepted devices report, so none of them can move a rollout).
         ReplayError: Its counter is not above the last accepted one (answered 403).
     """
     with ctx.transaction() as session:
@@ -199,6 +219,7 @@ def report(device_id: DeviceIdDep, envelope: Envelope, ctx: ContextDep) -> Repor
         )
         if status_report.device_id != device_id:
             raise ForbiddenError("the signed report names another device")
+        _require_accepted(device)
         check_report_counter(status_report, device.last_report_counter)
         now = datetime.now(UTC)
         device.last_report_counter = status_report.counter
@@ -223,6 +244,7 @@ def report(device_id: DeviceIdDep, envelope: Envelope, ctx: ContextDep) -> Repor
                 session,
                 rollout_id=status_report.rollout_id,
                 device_id=device_id,
+                release_id=status_report.release_id,
                 status=status_report.status.value,
                 now=now,
             )

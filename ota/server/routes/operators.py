@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from ota.core.manifest import AdmissionState
+from ota.server.admission import revoke_device, revoke_token, set_admission
 from ota.server.auth import create_operator_token, create_provisioning_token
-from ota.server.db import bump_counter, read_counter
+from ota.server.db import read_counter
 from ota.server.deps import (
     AdminOperator,
     ContextDep,
@@ -24,7 +26,7 @@ from ota.server.deps import (
     RolloutOperator,
 )
 from ota.server.errors import InvalidRequestError, NotFoundError
-from ota.server.models import AuditEntry, Delta, Device, Release, Rollout
+from ota.server.models import AuditEntry, Delta, Device, OperatorToken, ProvisioningToken, Release, Rollout
 from ota.server.releases import (
     NAME_PATTERN,
     SHA256_PATTERN,
@@ -32,7 +34,7 @@ from ota.server.releases import (
     publish_release,
     stage_selftest,
 )
-from ota.server.rollout_machine import Phase, RolloutEvent
+from ota.server.rollout_machine import RolloutEvent
 from ota.server.rollouts import control_rollout, counters, create_rollout
 from ota.server.routes.devices import ERRORS
 from ota.server.schemas import (
@@ -40,13 +42,17 @@ from ota.server.schemas import (
     DeltaPublic,
     DevicePublic,
     OperatorTokenCreate,
+    OperatorTokenInfo,
     ProvisioningTokenCreate,
+    ProvisioningTokenInfo,
     PublishPublic,
     ReleasePublic,
+    RevokeRequest,
     RolloutCreate,
     RolloutPublic,
     SelftestUploaded,
     TokenCreated,
+    TokenInfo,
 )
 
 router = APIRouter(prefix="/v1", tags=["operators"], responses=ERRORS)
@@ -64,6 +70,41 @@ def create_token(body: OperatorTokenCreate, operator: AdminOperator, ctx: Contex
         row, value = create_operator_token(session, name=body.name, scopes=body.scopes)
         _audit(session, f"token:{operator.id}", "token.create", row.id, scopes=row.scopes)
         return TokenCreated(id=row.id, name=row.name, token=value)
+
+
+@router.get("/tokens")
+def list_tokens(operator: AdminOperator, ctx: ContextDep) -> list[OperatorTokenInfo]:
+    """List operator tokens, revoked ones included (admin)."""
+    with ctx.transaction() as session:
+        rows = session.scalars(select(OperatorToken).order_by(OperatorToken.created_at))
+        return [OperatorTokenInfo.model_validate(r) for r in rows]
+
+
+@router.get("/provisioning-tokens")
+def list_provisioning_tokens(operator: AdminOperator, ctx: ContextDep) -> list[ProvisioningTokenInfo]:
+    """List provisioning tokens, revoked ones included (admin)."""
+    with ctx.transaction() as session:
+        rows = session.scalars(select(ProvisioningToken).order_by(ProvisioningToken.created_at))
+        return [ProvisioningTokenInfo.model_validate(r) for r in rows]
+
+
+@router.post("/tokens/{token_id}/revoke")
+def revoke_operator_or_provisioning_token(
+    token_id: Annotated[str, PathParam(max_length=32)],
+    operator: AdminOperator,
+    ctx: ContextDep,
+    body: RevokeRequest | None = None,
+) -> TokenInfo:
+    """Revoke an operator or provisioning token by id, at once and for good; audited (admin).
+
+    Raises:
+        NotFoundError: No token has that id.
+    """
+    with ctx.transaction() as session:
+        row = revoke_token(
+            session, token_id=token_id, actor=f"token:{operator.id}", reason=body.reason if body else None
+        )
+        return TokenInfo.model_validate(row)
 
 
 @router.post("/provisioning-tokens", status_code=201)
@@ -241,7 +282,7 @@ def start_rollout(body: RolloutCreate, operator: RolloutOperator, ctx: ContextDe
             release_id=body.release_id,
             group=body.group,
             tags=tuple(body.tags),
-            phases=[Phase(**p.model_dump()) for p in body.phases]
+            phases=[ctx.settings.phase(**p.model_dump()) for p in body.phases]
             if body.phases
             else ctx.settings.default_phases(),
             failure_threshold=body.failure_threshold,
@@ -307,21 +348,44 @@ def list_devices(
 
 @router.post("/devices/{device_id}/admission/{decision}")
 def admit_device(
-    device_id: str, decision: AdmissionState, operator: AdminOperator, ctx: ContextDep
+    device_id: str,
+    decision: AdmissionState,
+    operator: AdminOperator,
+    ctx: ContextDep,
+    body: RevokeRequest | None = None,
 ) -> DevicePublic:
-    """Accept or reject a device (admin).
+    """Accept or reject a device (admin); ``revoked`` revokes it for good.
+
+    Raises:
+        NotFoundError: Unknown device.
+        InvalidRequestError: ``pending`` is not a decision.
+        ConflictError: The device was revoked.
+    """
+    actor, reason = f"token:{operator.id}", body.reason if body else None
+    with ctx.transaction() as session:
+        if decision is AdmissionState.REVOKED:
+            device = revoke_device(session, device_id=device_id, actor=actor, reason=reason)
+        else:
+            device = set_admission(
+                session, device_id=device_id, decision=decision, actor=actor, reason=reason
+            )
+        public = DevicePublic.model_validate(device)
+        generation = read_counter(session)
+    # This process stops serving the device's cached assignment now; the others at their next refresh.
+    ctx.cache.observe(generation)
+    return public
+
+
+@router.post("/devices/{device_id}/revoke")
+def revoke(
+    device_id: str, operator: AdminOperator, ctx: ContextDep, body: RevokeRequest | None = None
+) -> DevicePublic:
+    """Revoke a device: refused on every endpoint from its next request on; audited (admin).
 
     Raises:
         NotFoundError: Unknown device.
     """
-    with ctx.transaction() as session:
-        device = session.get(Device, device_id)
-        if device is None:
-            raise NotFoundError(f"no device {device_id!r}")
-        device.state = decision.value
-        bump_counter(session)
-        _audit(session, f"token:{operator.id}", f"device.{decision.value}", device_id)
-        return DevicePublic.model_validate(device)
+    return admit_device(device_id, AdmissionState.REVOKED, operator, ctx, body)
 
 
 @router.get("/audit")

@@ -259,6 +259,8 @@ def ota_server(tmp_path: Path) -> Iterator[LiveServer]:
         cache_refresh_interval=0.1,
         rollout_tick_interval=0.2,
         resign_check_interval=3600,
+        # Tests run on a fast clock: phases need their successes, not a minute's soak.
+        rollout_min_soak_seconds=0,
     )
     ctx = build_context(settings)
     with serve_in_thread(ctx, label="edge-it") as served:

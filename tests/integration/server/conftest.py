@@ -102,6 +102,8 @@ def settings_for(tmp_path: Path, **overrides: Any) -> ServerSettings:
         "cache_refresh_interval": 0.2,
         "rollout_tick_interval": 3600,
         "resign_check_interval": 3600,
+        # Tests run on a fast clock: phases need their successes, not a minute's soak.
+        "rollout_min_soak_seconds": 0,
     }
     values.update(overrides)
     return load_settings(**values)

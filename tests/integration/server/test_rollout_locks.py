@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from ota.server.db import make_engine, make_session_factory, run_migrations, transaction
-from ota.server.models import AuditEntry, Release, Rollout
+from ota.server.models import AuditEntry, Device, Release, Rollout, RolloutDevice
 from ota.server.rollout_machine import Phase
 from ota.server.rollouts import create_rollout, tick_rollout
 
@@ -52,6 +52,30 @@ def test_two_processes_do_not_double_advance(pg_url: str) -> None:
             now=NOW - timedelta(seconds=120),
         )
         rollout_id = rollout.id
+        # One accepted device that committed: the first phase may advance (once), whether or not its
+        # cohort holds the device.
+        session.add(
+            Device(
+                id="dev-1",
+                public_key={},
+                keyid="0" * 64,
+                hardware_profile="cpu-generic",
+                hardware={},
+                tags=[],
+                state="accepted",
+            )
+        )
+        session.flush()
+        session.add(
+            RolloutDevice(
+                rollout_id=rollout_id,
+                device_id="dev-1",
+                status="committed",
+                phase_index=0,
+                started_at=NOW,
+                updated_at=NOW,
+            )
+        )
     # fork: the worker lives in this test module, which a spawned child could not import by name.
     engine.dispose()
     context = mp.get_context("fork")

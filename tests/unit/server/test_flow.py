@@ -58,6 +58,7 @@ def test_enrol_poll_report(client: TestClient, ctx: ServerContext, admin: dict, 
         client,
         ReportStatus.COMMITTED,
         rollout_id=assignment.rollout_id,
+        release_id=assignment.release_id,
         target_sha256=assignment.target.sha256,
     )
     assert reported.status_code == 200, reported.text

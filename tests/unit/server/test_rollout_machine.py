@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ota.server.errors import RolloutStateError
@@ -49,7 +49,7 @@ TABLE = [
     (R, E.RESUME, 1, 4, None),
     (C, E.ADVANCE, 3, 4, None),
     (C, E.ABORT, 3, 4, None),
-    (C, E.PAUSE, 3, 4, None),
+    (C, E.PAUSE, 3, 4, (P, 3)),  # the failure rule's "pause" flags a completed rollout
     (A, E.RESUME, 1, 4, None),
     (A, E.ROLLBACK, 1, 4, None),
     (B, E.RESUME, 1, 4, None),
@@ -86,23 +86,36 @@ def test_table_covers_every_state_event_pair() -> None:
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 POLICY = Policy(failure_threshold=0.2, min_reports_for_abort=10)
+COHORT = 100
 
-# (phase, started seconds ago, succeeded, failed, policy) -> expected event or None
+# (phase, started seconds ago, succeeded, failed, policy, cohort) -> expected event or None
 DECISIONS = [
-    (Phase(10, 60, 5), 30, 5, 0, POLICY, None),  # not soaked
-    (Phase(10, 60, 5), 61, 4, 0, POLICY, None),  # soaked, too few successes
-    (Phase(10, 60, 5), 61, 5, 0, POLICY, E.ADVANCE),
-    (Phase(10, 0, 0), 0, 0, 0, POLICY, E.ADVANCE),
-    (Phase(10, 60, 5), 61, 7, 3, POLICY, E.ABORT),  # 30 % of 10 reports > 20 %
-    (Phase(10, 60, 5), 61, 6, 3, POLICY, E.ADVANCE),  # only 9 reports: rule not armed yet
-    (Phase(10, 60, 5), 61, 8, 2, POLICY, E.ADVANCE),  # exactly 20 %: not above
-    (Phase(10, 60, 5), 61, 7, 3, Policy(0.2, 10, E.PAUSE), E.PAUSE),
+    (Phase(10, 60, 5, 0), 30, 5, 0, POLICY, COHORT, None),  # not soaked
+    (Phase(10, 60, 5, 0), 61, 4, 0, POLICY, COHORT, None),  # soaked, too few successes
+    (Phase(10, 60, 5, 0), 61, 5, 0, POLICY, COHORT, E.ADVANCE),
+    (Phase(10, 0, 0, 0), 0, 0, 0, POLICY, COHORT, None),  # zero successes never advance a non-empty cohort
+    (Phase(10, 0, 0, 0), 0, 1, 0, POLICY, COHORT, E.ADVANCE),
+    (Phase(10, 0, 1, 0.5), 0, 49, 0, POLICY, COHORT, None),  # half of 100 is 50
+    (Phase(10, 0, 1, 0.5), 0, 50, 0, POLICY, COHORT, E.ADVANCE),
+    (Phase(10, 0, 1, 0.5), 0, 50, 0, POLICY, None, None),  # no device matches the selector: wait
+    (Phase(10, 0, 1, 0.5), 0, 0, 0, POLICY, 0, E.ADVANCE),  # the phase holds no device (1 % of 20)
+    (Phase(10, 60, 5, 0), 61, 7, 3, POLICY, COHORT, E.ABORT),  # 30 % of 10 reports > 20 %
+    (Phase(10, 60, 5, 0), 61, 6, 3, POLICY, COHORT, E.ADVANCE),  # only 9 reports: rule not armed yet
+    (Phase(10, 60, 5, 0), 61, 1, 2, POLICY, 3, E.ABORT),  # ...unless the whole cohort reported
+    (Phase(10, 60, 5, 0), 61, 8, 2, POLICY, COHORT, E.ADVANCE),  # exactly 20 %: not above
+    (Phase(10, 60, 5, 0), 61, 7, 3, Policy(0.2, 10, E.PAUSE), COHORT, E.PAUSE),
 ]
 
 
-@pytest.mark.parametrize(("phase", "ago", "succeeded", "failed", "policy", "expected"), DECISIONS)
+@pytest.mark.parametrize(("phase", "ago", "succeeded", "failed", "policy", "cohort", "expected"), DECISIONS)
 def test_decide_table(
-    phase: Phase, ago: int, succeeded: int, failed: int, policy: Policy, expected: RolloutEvent | None
+    phase: Phase,
+    ago: int,
+    succeeded: int,
+    failed: int,
+    policy: Policy,
+    cohort: int | None,
+    expected: RolloutEvent | None,
 ) -> None:
     result = decide(
         state=R,
@@ -111,17 +124,155 @@ def test_decide_table(
         counters=RolloutCounters(succeeded=succeeded, failed=failed),
         policy=policy,
         now=NOW,
+        cohort_size=cohort,
     )
     assert (result[0] if result else None) == expected
 
 
 @pytest.mark.parametrize("state", [P, C, A, B])
-def test_only_running_rollouts_move_on_their_own(state: RolloutState) -> None:
-    counters = RolloutCounters(succeeded=100, failed=100)
+def test_only_running_rollouts_advance(state: RolloutState) -> None:
+    counters = RolloutCounters(succeeded=100, failed=0)
     assert (
-        decide(state=state, phase=Phase(10), phase_started_at=NOW, counters=counters, policy=POLICY, now=NOW)
+        decide(
+            state=state,
+            phase=Phase(10, 0),
+            phase_started_at=NOW,
+            counters=counters,
+            policy=POLICY,
+            now=NOW,
+            cohort_size=COHORT,
+        )
         is None
     )
+
+
+# state, policy action -> the event the failure rule fires (None: nothing to do)
+FAILURE_ACTIONS = [
+    (R, E.ABORT, E.ABORT),
+    (R, E.PAUSE, E.PAUSE),
+    (P, E.ABORT, E.ABORT),  # an operator's pause does not shield a failing rollout from its abort rule
+    (P, E.PAUSE, None),  # already paused
+    (C, E.ABORT, E.ROLLBACK),  # late failures after completion roll it back
+    (C, E.PAUSE, E.PAUSE),  # ...or flag it for an operator
+    (A, E.ABORT, None),
+    (B, E.ABORT, None),
+]
+
+
+@pytest.mark.parametrize(("state", "action", "expected"), FAILURE_ACTIONS)
+def test_the_failure_rule_in_every_state(
+    state: RolloutState, action: RolloutEvent, expected: RolloutEvent | None
+) -> None:
+    result = decide(
+        state=state,
+        phase=Phase(100, 0),
+        phase_started_at=NOW,
+        counters=RolloutCounters(succeeded=5, failed=5),
+        policy=Policy(0.2, 5, action),
+        now=NOW,
+        cohort_size=COHORT,
+    )
+    assert (result[0] if result else None) == expected
+    if expected is not None:
+        transition(state, expected, 3, 4)  # the event is allowed from that state
+
+
+def test_default_phase_is_safe() -> None:
+    """A phase given only a percentage soaks and needs real successes (issue 9, defect 1)."""
+    phase = Phase(10)
+    assert phase.min_soak_seconds > 0
+    assert phase.required_successes(20) >= 1
+    assert phase.required_successes(20) == 10  # half the cohort
+    assert phase.required_successes(1) == 1
+    assert phase.required_successes(0) == 0
+
+
+def _simulate(
+    phases: list[Phase], policy: Policy, fleet: int, steps: list[tuple[str, int]]
+) -> list[tuple[RolloutState, int, RolloutCounters, int | None, tuple[RolloutEvent, str] | None]]:
+    """Drive decide + transition like the ticker does; return what each tick saw and decided."""
+    state, index = R, 0
+    started = NOW
+    now = NOW
+    succeeded = failed = 0
+    seen = []
+    for kind, amount in steps:
+        cohort: int | None = None if fleet == 0 else int(fleet * phases[index].percent / 100)
+        if state is C:
+            cohort = fleet or None
+        if kind == "wait":
+            now += timedelta(seconds=amount)
+        elif kind == "success" and cohort:
+            succeeded = min(cohort - failed, succeeded + amount) if cohort > failed else succeeded
+        elif kind == "failure" and cohort:
+            failed = min(cohort - succeeded, failed + amount) if cohort > succeeded else failed
+        counters = RolloutCounters(succeeded=succeeded, failed=failed)
+        decision = decide(
+            state=state,
+            phase=phases[index],
+            phase_started_at=started,
+            counters=counters,
+            policy=policy,
+            now=now,
+            cohort_size=cohort,
+        )
+        seen.append((state, index, counters, cohort, decision))
+        if decision is not None:
+            new_state, new_index = transition(state, decision[0], index, len(phases))
+            if new_index != index:
+                started = now
+            state, index = new_state, new_index
+    return seen
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    percents=st.lists(st.floats(0.5, 99.5), min_size=0, max_size=4, unique=True).map(
+        lambda ps: [*sorted(ps), 100.0]
+    ),
+    soak=st.integers(0, 120),
+    min_reports=st.integers(0, 5),
+    ratio=st.sampled_from([0.0, 0.25, 0.5, 1.0]),
+    threshold=st.sampled_from([0.0, 0.1, 0.5]),
+    min_abort=st.integers(1, 10),
+    action=st.sampled_from([E.ABORT, E.PAUSE]),
+    fleet=st.integers(0, 60),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["wait", "success", "failure", "tick"]), st.integers(0, 40)), max_size=40
+    ),
+)
+def test_property_no_advance_without_successes_and_failures_always_act(
+    percents: list[float],
+    soak: int,
+    min_reports: int,
+    ratio: float,
+    threshold: float,
+    min_abort: int,
+    action: RolloutEvent,
+    fleet: int,
+    steps: list[tuple[str, int]],
+) -> None:
+    """From any state, with any sequence of ticks and reports (issue 9's acceptance):
+
+    * a phase never advances without its required successes (and its soak);
+    * a failure rate over the threshold, once armed, always yields the configured action.
+    """
+    phases = [Phase(p, soak, min_reports, ratio) for p in percents]
+    policy = Policy(threshold, min_abort, action)
+    for state, index, counters, cohort, decision in _simulate(phases, policy, fleet, steps):
+        event = decision[0] if decision else None
+        if event is E.ADVANCE:
+            assert cohort is not None, "advanced with no device in the fleet"
+            assert counters.succeeded >= phases[index].required_successes(cohort)
+            assert counters.succeeded >= 1 or cohort == 0
+        armed = counters.reported >= (min(min_abort, cohort) if cohort else min_abort)
+        if armed and counters.failure_rate > threshold and state not in (A, B):
+            if state is P and action is E.PAUSE:
+                assert event is None
+            elif state is C:
+                assert event is (E.ROLLBACK if action is E.ABORT else E.PAUSE)
+            else:
+                assert event is action
 
 
 @pytest.mark.parametrize(
@@ -176,7 +327,7 @@ def test_min_reports_is_capped_by_the_cohort(
 ):
     result = decide(
         state=R,
-        phase=Phase(1, 0, 5),
+        phase=Phase(1, 0, 5, 0),
         phase_started_at=NOW,
         counters=RolloutCounters(succeeded=succeeded),
         policy=POLICY,

@@ -18,7 +18,14 @@ from ota.server.errors import ConflictError
 from ota.server.models import AuditEntry, Device, Release, Rollout
 from ota.server.releases import publish_release
 from ota.server.rollout_machine import Phase, RolloutEvent, in_cohort
-from ota.server.rollouts import control_rollout, counters, create_rollout, record_device_status, tick_rollout
+from ota.server.rollouts import (
+    active_rollout_ids,
+    control_rollout,
+    counters,
+    create_rollout,
+    record_device_status,
+    tick_rollout,
+)
 
 NOW = datetime.now(UTC)
 
@@ -58,10 +65,24 @@ def add_devices(ctx: ServerContext, count: int) -> list[str]:
 
 
 def report(
-    ctx: ServerContext, rollout_id: str, device_id: str, status: ReportStatus, at: datetime = NOW
+    ctx: ServerContext,
+    rollout_id: str,
+    device_id: str,
+    status: ReportStatus,
+    at: datetime = NOW,
+    release_id: str | None = None,
 ) -> None:
+    """Record a report about the rollout's own release (or ``release_id``)."""
     with transaction(ctx.sessions) as session:
-        record_device_status(session, rollout_id=rollout_id, device_id=device_id, status=status.value, now=at)
+        rollout = session.get(Rollout, rollout_id)
+        record_device_status(
+            session,
+            rollout_id=rollout_id,
+            device_id=device_id,
+            release_id=release_id or (rollout.release_id if rollout else None),
+            status=status.value,
+            now=at,
+        )
 
 
 def tick(ctx: ServerContext, rollout_id: str, at: datetime = NOW) -> RolloutEvent | None:
@@ -91,13 +112,15 @@ def fleet(ctx: ServerContext, tmp_path: Path) -> dict[str, object]:
     devices = add_devices(ctx, 200)
     with transaction(ctx.sessions) as session:
         first = create_rollout(session, release_id=v1, phases=[Phase(100)], actor="test", now=NOW).id
-    assert tick(ctx, first) is RolloutEvent.ADVANCE
+    assert tick(ctx, first) is None  # no success yet: a phase never advances on time alone
+    with transaction(ctx.sessions) as session:
+        control_rollout(session, first, RolloutEvent.ADVANCE, actor="op")
     assert state_of(ctx, first) == ("completed", 0)
     with transaction(ctx.sessions) as session:
         second = create_rollout(
             session,
             release_id=v2,
-            phases=[Phase(10, 60, 2), Phase(50, 60, 5), Phase(100)],
+            phases=[Phase(10, 60, 2, 0), Phase(50, 60, 5, 0), Phase(100)],
             failure_threshold=0.2,
             min_reports_for_abort=5,
             progress_timeout=600,
@@ -295,7 +318,7 @@ def test_a_phase_waits_for_no_more_successes_than_its_cohort_holds(
     assert state_of(ctx, rollout) == ("running", 1)
     with ctx.sessions() as session:
         entry = session.scalars(select(AuditEntry).where(AuditEntry.subject == rollout)).all()[-1]
-    assert f"its cohort holds {len(cohort)} device(s)" in entry.details["reason"]
+    assert f"(cohort {len(cohort)} device(s))" in entry.details["reason"]
 
 
 def test_a_rollout_started_before_its_fleet_enrols_waits_for_it(ctx: ServerContext, tmp_path: Path) -> None:
@@ -311,3 +334,91 @@ def test_a_rollout_started_before_its_fleet_enrols_waits_for_it(ctx: ServerConte
     for device in cohort[:2]:
         report(ctx, rollout, device, ReportStatus.COMMITTED)
     assert tick(ctx, rollout, NOW + timedelta(seconds=7)) is RolloutEvent.ADVANCE
+
+
+def test_a_default_rollout_never_advances_without_reports(ctx: ServerContext, tmp_path: Path) -> None:
+    """Issue 9, defect 1: percentages only (the README's `--phases 1,10,50,100`) used to race through every
+    phase on ticks alone; now each phase soaks and waits for real successes."""
+    release = publish(ctx, tmp_path, "1")
+    devices = add_devices(ctx, 1000)  # the 1 % cohort holds about ten (empty with odds of 4e-5)
+    with transaction(ctx.sessions) as session:
+        rollout = create_rollout(
+            session, release_id=release, phases=[Phase(p) for p in (1, 10, 50, 100)], actor="test", now=NOW
+        ).id
+    for minutes in (1, 5, 60, 24 * 60):
+        assert tick(ctx, rollout, NOW + timedelta(minutes=minutes)) is None
+    assert state_of(ctx, rollout) == ("running", 0)
+    cohort = [d for d in devices if in_cohort(d, rollout, 1)]
+    assert cohort
+    half = (len(cohort) + 1) // 2
+    for device in cohort[: half - 1]:
+        report(ctx, rollout, device, ReportStatus.COMMITTED)
+    assert tick(ctx, rollout, NOW + timedelta(days=2)) is None  # one short of half the cohort
+    report(ctx, rollout, cohort[half - 1], ReportStatus.COMMITTED)
+    assert tick(ctx, rollout, NOW + timedelta(days=2)) is RolloutEvent.ADVANCE
+    assert state_of(ctx, rollout) == ("running", 1)
+    # The 10 % phase started now and needs half of its cohort.
+    later = NOW + timedelta(days=2, minutes=2)
+    assert tick(ctx, rollout, later) is None
+
+
+def test_a_completed_rollout_still_rolls_back_on_late_failures(ctx: ServerContext, fleet: dict) -> None:
+    """Issue 9, defect 1: failure reports arriving after completion used to be ignored."""
+    rollout = fleet["rollout"]
+    with transaction(ctx.sessions) as session:
+        for _ in range(3):
+            control_rollout(session, rollout, RolloutEvent.ADVANCE, actor="op")
+    assert state_of(ctx, rollout)[0] == "completed"
+    with ctx.sessions() as session:
+        assert rollout in active_rollout_ids(session)
+    devices = fleet["devices"]
+    for device in devices[:4]:
+        report(ctx, rollout, device, ReportStatus.COMMITTED)
+    for device in devices[4:8]:
+        report(ctx, rollout, device, ReportStatus.HEALTH_CHECK_FAILED)
+    assert tick(ctx, rollout) is RolloutEvent.ROLLBACK  # 4 of 8 = 50 % > 20 %
+    assert state_of(ctx, rollout)[0] == "rolled-back"
+    assert all(assigned(ctx, d) == fleet["v1"] for d in devices)
+    with ctx.sessions() as session:
+        entry = session.scalars(select(AuditEntry).where(AuditEntry.subject == rollout)).all()[-1]
+        assert entry.actor == "auto" and "after completion" in entry.details["reason"]
+        assert rollout not in active_rollout_ids(session)
+
+
+def test_a_superseded_completed_rollout_is_not_watched(ctx: ServerContext, fleet: dict) -> None:
+    # The fixture's first rollout completed, then the second took its selector.
+    with ctx.sessions() as session:
+        first = session.scalars(select(Rollout.id).where(Rollout.release_id == fleet["v1"])).one()
+        watched = active_rollout_ids(session)
+    assert fleet["rollout"] in watched and first not in watched
+
+
+def _set_state(ctx: ServerContext, device_id: str, state: str) -> None:
+    with transaction(ctx.sessions) as session:
+        device = session.get(Device, device_id)
+        assert device is not None
+        device.state = state
+
+
+def test_only_devices_the_rollout_targeted_count(ctx: ServerContext, fleet: dict) -> None:
+    """Issue 9, defect 5: reports from devices outside the cohort, not accepted, or about another release
+    used to count (devices outside a 1 % cohort aborted it)."""
+    rollout = fleet["rollout"]
+    inside = [d for d in fleet["devices"] if in_cohort(d, rollout, 10)]
+    outside = [d for d in fleet["devices"] if not in_cohort(d, rollout, 10)]
+    for device in outside[:10]:
+        report(ctx, rollout, device, ReportStatus.HEALTH_CHECK_FAILED)
+    report(ctx, rollout, inside[0], ReportStatus.HEALTH_CHECK_FAILED, release_id=fleet["v1"])
+    _set_state(ctx, inside[1], "pending")
+    report(ctx, rollout, inside[1], ReportStatus.HEALTH_CHECK_FAILED)
+    with ctx.sessions() as session:
+        assert counters(session, rollout) == type(counters(session, rollout))()
+    assert tick(ctx, rollout) is None
+    assert state_of(ctx, rollout) == ("running", 0)
+    # A device of the cohort that reports, then is rejected, stops counting.
+    report(ctx, rollout, inside[2], ReportStatus.COMMITTED)
+    with ctx.sessions() as session:
+        assert counters(session, rollout).succeeded == 1
+    _set_state(ctx, inside[2], "rejected")
+    with ctx.sessions() as session:
+        assert counters(session, rollout).succeeded == 0
