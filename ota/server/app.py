@@ -33,8 +33,11 @@ from ota.core.errors import (
     ReplayError,
     SignatureError,
 )
+from ota.server.auth import Scope as OperatorScope
+from ota.server.auth import authenticate_operator
 from ota.server.context import ServerContext, build_context
 from ota.server.db import read_counter, transaction
+from ota.server.deps import bearer
 from ota.server.errors import (
     AuthError,
     BlobStoreError,
@@ -53,6 +56,7 @@ from ota.server.models import Rollout
 from ota.server.rollout_machine import ACTIVE_STATES
 from ota.server.rollouts import active_rollout_ids, tick_rollout
 from ota.server.routes import devices, operators, tuf
+from ota.server.schemas import ErrorBody
 from ota.server.settings import ServerSettings, load_settings
 
 log = logging.getLogger(__name__)
@@ -221,11 +225,16 @@ def create_app(settings: ServerSettings | None = None, *, ctx: ServerContext | N
                     await task
             context.close()
 
+    docs = context.settings.docs_enabled
     app = FastAPI(
         title="EdgeFleet OTA server",
         version="0.1.0",
         description="Signed model releases: TUF image repository, Uptane-style director, staged rollouts.",
         lifespan=lifespan,
+        # Off in production unless EDGEFLEET_EXPOSE_DOCS=true: the schema maps every endpoint for a prober.
+        openapi_url="/openapi.json" if docs else None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
     app.state.ctx = context
     for kind in (ServerError, OtaError, PoolTimeoutError):
@@ -270,9 +279,19 @@ def _add_health(app: FastAPI, ctx: ServerContext) -> None:
             return JSONResponse({"status": "unavailable", "message": "repository not initialised"}, 503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["health"])
-    def metrics() -> Response:
-        """Prometheus metrics: polls (and 304 ratio), reports by status, rollout phases."""
+    @app.get("/metrics", tags=["health"], responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}})
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics: polls (and 304 ratio), reports by status, rollout phases.
+
+        Needs an operator token with the read scope unless ``EDGEFLEET_METRICS_PUBLIC=true``.
+
+        Raises:
+            AuthError: No or unknown token (and metrics are not public).
+            ForbiddenError: The token lacks the read scope.
+        """
+        if not ctx.settings.metrics_public:
+            with ctx.sessions() as session:
+                authenticate_operator(session, bearer(request), OperatorScope.READ)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -60,10 +60,11 @@ class LocalBlobStore:
         """Create the store.
 
         Args:
-            root: The folder; created when missing.
+            root: The folder; created when missing, owner-only (0700) like the rest of the server's state.
         """
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        root.chmod(0o700)
 
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
@@ -77,8 +78,9 @@ class LocalBlobStore:
         target = self._path(key)
         tmp = target.with_name(f".{target.name}.part")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with source.open("rb") as src, tmp.open("wb") as dst:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
                 shutil.copyfileobj(src, dst, CHUNK)
                 dst.flush()
                 os.fsync(dst.fileno())
@@ -93,7 +95,7 @@ class LocalBlobStore:
             BlobStoreError: The write failed.
         """
         try:
-            atomic_write_bytes(self._path(key), data)
+            atomic_write_bytes(self._path(key), data, mode=0o600)
         except OSError as exc:
             raise BlobStoreError(f"cannot store {key}: {exc}") from exc
 
