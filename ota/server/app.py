@@ -95,6 +95,14 @@ async def _handle_domain_error(_request: Request, exc: Exception) -> Response:
     return _error_response(exc)
 
 
+async def _handle_unexpected(request: Request, exc: Exception) -> Response:
+    # The catch-all: the client gets the JSON error body and no internals. The log names the exception
+    # type and the route only; the engine hides SQL parameters (hide_parameters), so no token hash or
+    # report body reaches it either way.
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal", "message": "internal error"}, status_code=500)
+
+
 async def _handle_validation(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     details = [
@@ -144,6 +152,78 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted, send)
+
+
+class RejectNulInUrl:
+    """Refuse a NUL character in the path or query string (raw or ``%00``) with 422, before routing.
+
+    PostgreSQL cannot hold NUL in text while SQLite can: refusing it at the edge makes both backends see
+    the same requests (request bodies are checked by ``schemas.RequestModel``).
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        """Wrap the app."""
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 422 to a URL holding NUL; pass everything else on."""
+        if scope["type"] == "http":
+            raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
+            query: bytes = scope["query_string"]
+            if (
+                any(b"\x00" in part or b"%00" in part for part in (raw_path, query))
+                or "\x00" in scope["path"]
+            ):
+                body = b'{"error":"invalid_request","message":"the URL must not contain NUL characters"}'
+                await _send_json(send, 422, body)
+                return
+        await self.app(scope, receive, send)
+
+
+_BASE_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+_HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+
+
+class SecurityHeaders:
+    """Add standard security headers to every answer, and ``Cache-Control: no-store`` outside ``/tuf/``.
+
+    Operator and device answers are per-caller and must not be cached by a proxy; the TUF metadata and
+    targets set their own caching (versioned files are immutable and meant for CDNs). HSTS is sent when
+    the public base URL is https (the server then sits behind TLS).
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], *, hsts: bool) -> None:
+        """Wrap the app.
+
+        Args:
+            app: The inner ASGI app.
+            hsts: Whether to send ``Strict-Transport-Security``.
+        """
+        self.app = app
+        self.extra = _BASE_SECURITY_HEADERS + ([_HSTS] if hsts else [])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Add the headers to the response start message."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cacheable = scope["path"].startswith("/tuf/")
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(n, v) for n, v in self.extra if n not in present]
+                if not cacheable and b"cache-control" not in present:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 async def _send_json(send: Send, status: int, body: bytes) -> None:
@@ -241,13 +321,17 @@ def create_app(settings: ServerSettings | None = None, *, ctx: ServerContext | N
         app.add_exception_handler(kind, _handle_domain_error)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)
+    app.add_exception_handler(Exception, _handle_unexpected)
     app.include_router(tuf.router)
     app.include_router(devices.router)
     app.include_router(operators.router)
     _add_health(app, context)
-    # Added last = outermost: the hot path runs before everything else, then the body limit.
+    # Added last = outermost: security headers wrap every answer (the hot path's too), then NUL-free URLs,
+    # then the hot path runs before everything else, then the body limit.
     app.add_middleware(BodyLimit, limit=context.settings.max_body_bytes)
     app.add_middleware(AssignmentHotPath, ctx=context)
+    app.add_middleware(RejectNulInUrl)
+    app.add_middleware(SecurityHeaders, hsts=context.settings.public_base_url.lower().startswith("https://"))
     return app
 
 

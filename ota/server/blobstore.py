@@ -11,7 +11,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -108,27 +108,36 @@ class LocalBlobStore:
 
         Raises:
             BlobNotFoundError: No such blob.
+            BlobStoreError: The blob cannot be examined.
         """
         try:
             return self._path(key).stat().st_size
         except FileNotFoundError as exc:
             raise BlobNotFoundError(key) from exc
+        except OSError as exc:
+            raise BlobStoreError(f"cannot stat {key}: {exc.strerror}") from exc
 
     def open_range(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Yield bytes ``[start, end]``.
 
         Raises:
             BlobNotFoundError: No such blob.
+            BlobStoreError: The blob cannot be read.
         """
         path = self._path(key)
         if not path.is_file():
             raise BlobNotFoundError(key)
-        return self._iter(path, start, end)
+        # Opened here, not in the generator: an unreadable blob must fail before an answer has started.
+        try:
+            handle = path.open("rb")
+            handle.seek(start)
+        except OSError as exc:
+            raise BlobStoreError(f"cannot read {key}: {exc.strerror}") from exc
+        return self._iter(handle, start, end)
 
     @staticmethod
-    def _iter(path: Path, start: int, end: int | None) -> Iterator[bytes]:
-        with path.open("rb") as handle:
-            handle.seek(start)
+    def _iter(handle: BinaryIO, start: int, end: int | None) -> Iterator[bytes]:
+        with handle:
             remaining = None if end is None else end - start + 1
             while remaining is None or remaining > 0:
                 chunk = handle.read(CHUNK if remaining is None else min(CHUNK, remaining))
