@@ -45,7 +45,7 @@ def metadata(ctx: ContextDep, filename: str = Path(max_length=64)) -> Response:
     return Response(data, media_type=_JSON, headers={"Cache-Control": cache})
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
+def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     """Read a ``Range`` header against a blob of ``size`` bytes (RFC 9110 §14).
 
     Returns:
