@@ -3,7 +3,8 @@
 ``create_app(settings)`` builds everything (database, keys, repository) when called, never at import
 time; ``create_app_from_env`` is the zero-argument factory uvicorn runs (``--factory``). Background tasks
 (per process): poll the generation counter for cache invalidation, re-sign timestamp/snapshot before
-they expire, and tick running rollouts (advance, abort, time out devices).
+they expire, tick running rollouts (advance, abort, time out devices), and sweep stale temp files (also
+once at start).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ota.core.errors import (
 )
 from ota.server.auth import Scope as OperatorScope
 from ota.server.auth import authenticate_operator
+from ota.server.blobstore import LocalBlobStore
 from ota.server.context import ServerContext, build_context
 from ota.server.db import read_counter, transaction
 from ota.server.deps import bearer
@@ -51,6 +53,7 @@ from ota.server.errors import (
     ServerError,
 )
 from ota.server.hotpath import AssignmentHotPath, Receive, Scope, Send
+from ota.server.housekeeping import sweep_stale_temp
 from ota.server.metrics import make_registry
 from ota.server.models import Rollout
 from ota.server.rollout_machine import ACTIVE_STATES
@@ -120,25 +123,38 @@ async def _handle_http(_request: Request, exc: Exception) -> Response:
 
 
 class BodyLimit:
-    """Refuse request bodies over a limit with 413, before any route reads them (artifact uploads exempt)."""
+    """Refuse request bodies over a limit with 413, before any route reads them.
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], *, limit: int) -> None:
+    Routes that stream a body to disk get their own limit (``path_limits``): artifacts (which their route
+    also enforces while streaming) and self-test vectors, which are megabytes for ordinary models.
+    """
+
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        *,
+        limit: int,
+        path_limits: dict[str, int] | None = None,
+    ) -> None:
         """Wrap the app.
 
         Args:
             app: The inner ASGI app.
             limit: Maximum body size in bytes.
+            path_limits: Larger (or smaller) limits for exact paths.
         """
         self.app = app
         self.limit = limit
+        self.path_limits = path_limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check the declared length, and count streamed bytes when none is declared."""
-        if scope["type"] != "http" or scope["method"] in {"GET", "HEAD"} or scope["path"] == "/v1/releases":
+        if scope["type"] != "http" or scope["method"] in {"GET", "HEAD"}:
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope["path"], self.limit)
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
                 await _send_json(send, 413, b'{"error":"too_large","message":"request body is too large"}')
                 return
         seen = 0
@@ -147,7 +163,7 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 raise InvalidRequestError("request body is too large")
             return message
 
@@ -266,7 +282,12 @@ def _background_jobs(ctx: ServerContext) -> list[tuple[float, Callable[[], Any],
             if bumped is not None:
                 ctx.cache.observe(int(bumped))
 
+    def sweep() -> None:
+        blob_root = ctx.blobs.root if isinstance(ctx.blobs, LocalBlobStore) else None
+        sweep_stale_temp(settings.temp_dir, blob_root, older_than=settings.stale_temp_seconds)
+
     return [
+        (settings.temp_sweep_interval, sweep, "temp-sweep"),
         (settings.cache_refresh_interval, refresh_generation, "generation"),
         (settings.resign_check_interval, resign, "resign"),
         (settings.rollout_tick_interval, tick, "rollouts"),
@@ -294,7 +315,15 @@ def create_app(settings: ServerSettings | None = None, *, ctx: ServerContext | N
         # most one connection while it runs: with no more threads than connections, none ever waits for one.
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = context.settings.db_pool_size + context.settings.db_max_overflow
-        tasks = [asyncio.create_task(_every(s, w, n)) for s, w, n in _background_jobs(context)]
+        jobs = _background_jobs(context)
+        # Sweep once at start: what a killed process left behind belongs to no live process any more.
+        for _seconds, work, name in jobs:
+            if name == "temp-sweep":
+                try:
+                    await run_in_threadpool(work)
+                except Exception:  # housekeeping must not stop the server from starting
+                    log.exception("initial temp sweep failed")
+        tasks = [asyncio.create_task(_every(s, w, n)) for s, w, n in jobs]
         try:
             yield
         finally:
@@ -328,7 +357,14 @@ def create_app(settings: ServerSettings | None = None, *, ctx: ServerContext | N
     _add_health(app, context)
     # Added last = outermost: security headers wrap every answer (the hot path's too), then NUL-free URLs,
     # then the hot path runs before everything else, then the body limit.
-    app.add_middleware(BodyLimit, limit=context.settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=context.settings.max_body_bytes,
+        path_limits={
+            "/v1/releases": context.settings.max_artifact_bytes,
+            "/v1/releases/selftest": context.settings.max_selftest_bytes,
+        },
+    )
     app.add_middleware(AssignmentHotPath, ctx=context)
     app.add_middleware(RejectNulInUrl)
     app.add_middleware(SecurityHeaders, hsts=context.settings.public_base_url.lower().startswith("https://"))

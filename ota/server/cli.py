@@ -236,6 +236,7 @@ def release_publish(
             selftest=selftest,
             mlflow_run_id=mlflow_run_id,
             data_fingerprint=data_fingerprint,
+            temp_dir=ctx.settings.temp_dir,
         )
         ctx.close()
     word = "published" if result.created else "already published"
