@@ -226,6 +226,8 @@ def main() -> None:
                 "EDGEFLEET_DEVICE_TOKEN_TTL": "7200",
                 "EDGEFLEET_POLL_JITTER": "0",
                 "EDGEFLEET_ROLLOUT_TICK_INTERVAL": "3600",
+                # The bench scrapes /metrics without an operator token.
+                "EDGEFLEET_METRICS_PUBLIC": "true",
             }
         )
         if args.database_url:

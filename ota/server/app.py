@@ -3,7 +3,8 @@
 ``create_app(settings)`` builds everything (database, keys, repository) when called, never at import
 time; ``create_app_from_env`` is the zero-argument factory uvicorn runs (``--factory``). Background tasks
 (per process): poll the generation counter for cache invalidation, re-sign timestamp/snapshot before
-they expire, and tick running rollouts (advance, abort, time out devices).
+they expire, tick running rollouts (advance, abort, time out devices), and sweep stale temp files (also
+once at start).
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ from ota.core.errors import (
     ReplayError,
     SignatureError,
 )
+from ota.server.auth import Scope as OperatorScope
+from ota.server.auth import authenticate_operator
+from ota.server.blobstore import LocalBlobStore
 from ota.server.context import ServerContext, build_context
 from ota.server.db import read_counter, transaction
+from ota.server.deps import bearer
 from ota.server.errors import (
     AuthError,
     BlobStoreError,
@@ -48,11 +53,13 @@ from ota.server.errors import (
     ServerError,
 )
 from ota.server.hotpath import AssignmentHotPath, Receive, Scope, Send
+from ota.server.housekeeping import sweep_stale_temp
 from ota.server.metrics import make_registry
 from ota.server.models import Rollout
 from ota.server.rollout_machine import ACTIVE_STATES
 from ota.server.rollouts import active_rollout_ids, tick_rollout
 from ota.server.routes import devices, operators, tuf
+from ota.server.schemas import ErrorBody
 from ota.server.settings import ServerSettings, load_settings
 
 log = logging.getLogger(__name__)
@@ -91,6 +98,14 @@ async def _handle_domain_error(_request: Request, exc: Exception) -> Response:
     return _error_response(exc)
 
 
+async def _handle_unexpected(request: Request, exc: Exception) -> Response:
+    # The catch-all: the client gets the JSON error body and no internals. The log names the exception
+    # type and the route only; the engine hides SQL parameters (hide_parameters), so no token hash or
+    # report body reaches it either way.
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal", "message": "internal error"}, status_code=500)
+
+
 async def _handle_validation(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     details = [
@@ -108,25 +123,38 @@ async def _handle_http(_request: Request, exc: Exception) -> Response:
 
 
 class BodyLimit:
-    """Refuse request bodies over a limit with 413, before any route reads them (artifact uploads exempt)."""
+    """Refuse request bodies over a limit with 413, before any route reads them.
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], *, limit: int) -> None:
+    Routes that stream a body to disk get their own limit (``path_limits``): artifacts (which their route
+    also enforces while streaming) and self-test vectors, which are megabytes for ordinary models.
+    """
+
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        *,
+        limit: int,
+        path_limits: dict[str, int] | None = None,
+    ) -> None:
         """Wrap the app.
 
         Args:
             app: The inner ASGI app.
             limit: Maximum body size in bytes.
+            path_limits: Larger (or smaller) limits for exact paths.
         """
         self.app = app
         self.limit = limit
+        self.path_limits = path_limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check the declared length, and count streamed bytes when none is declared."""
-        if scope["type"] != "http" or scope["method"] in {"GET", "HEAD"} or scope["path"] == "/v1/releases":
+        if scope["type"] != "http" or scope["method"] in {"GET", "HEAD"}:
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope["path"], self.limit)
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
                 await _send_json(send, 413, b'{"error":"too_large","message":"request body is too large"}')
                 return
         seen = 0
@@ -135,11 +163,83 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 raise InvalidRequestError("request body is too large")
             return message
 
         await self.app(scope, counted, send)
+
+
+class RejectNulInUrl:
+    """Refuse a NUL character in the path or query string (raw or ``%00``) with 422, before routing.
+
+    PostgreSQL cannot hold NUL in text while SQLite can: refusing it at the edge makes both backends see
+    the same requests (request bodies are checked by ``schemas.RequestModel``).
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        """Wrap the app."""
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 422 to a URL holding NUL; pass everything else on."""
+        if scope["type"] == "http":
+            raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
+            query: bytes = scope["query_string"]
+            if (
+                any(b"\x00" in part or b"%00" in part for part in (raw_path, query))
+                or "\x00" in scope["path"]
+            ):
+                body = b'{"error":"invalid_request","message":"the URL must not contain NUL characters"}'
+                await _send_json(send, 422, body)
+                return
+        await self.app(scope, receive, send)
+
+
+_BASE_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+_HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+
+
+class SecurityHeaders:
+    """Add standard security headers to every answer, and ``Cache-Control: no-store`` outside ``/tuf/``.
+
+    Operator and device answers are per-caller and must not be cached by a proxy; the TUF metadata and
+    targets set their own caching (versioned files are immutable and meant for CDNs). HSTS is sent when
+    the public base URL is https (the server then sits behind TLS).
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], *, hsts: bool) -> None:
+        """Wrap the app.
+
+        Args:
+            app: The inner ASGI app.
+            hsts: Whether to send ``Strict-Transport-Security``.
+        """
+        self.app = app
+        self.extra = _BASE_SECURITY_HEADERS + ([_HSTS] if hsts else [])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Add the headers to the response start message."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cacheable = scope["path"].startswith("/tuf/")
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(n, v) for n, v in self.extra if n not in present]
+                if not cacheable and b"cache-control" not in present:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 async def _send_json(send: Send, status: int, body: bytes) -> None:
@@ -182,7 +282,12 @@ def _background_jobs(ctx: ServerContext) -> list[tuple[float, Callable[[], Any],
             if bumped is not None:
                 ctx.cache.observe(int(bumped))
 
+    def sweep() -> None:
+        blob_root = ctx.blobs.root if isinstance(ctx.blobs, LocalBlobStore) else None
+        sweep_stale_temp(settings.temp_dir, blob_root, older_than=settings.stale_temp_seconds)
+
     return [
+        (settings.temp_sweep_interval, sweep, "temp-sweep"),
         (settings.cache_refresh_interval, refresh_generation, "generation"),
         (settings.resign_check_interval, resign, "resign"),
         (settings.rollout_tick_interval, tick, "rollouts"),
@@ -210,7 +315,15 @@ def create_app(settings: ServerSettings | None = None, *, ctx: ServerContext | N
         # most one connection while it runs: with no more threads than connections, none ever waits for one.
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = context.settings.db_pool_size + context.settings.db_max_overflow
-        tasks = [asyncio.create_task(_every(s, w, n)) for s, w, n in _background_jobs(context)]
+        jobs = _background_jobs(context)
+        # Sweep once at start: what a killed process left behind belongs to no live process any more.
+        for _seconds, work, name in jobs:
+            if name == "temp-sweep":
+                try:
+                    await run_in_threadpool(work)
+                except Exception:  # housekeeping must not stop the server from starting
+                    log.exception("initial temp sweep failed")
+        tasks = [asyncio.create_task(_every(s, w, n)) for s, w, n in jobs]
         try:
             yield
         finally:
@@ -221,24 +334,40 @@ def create_app(settings: ServerSettings | None = None, *, ctx: ServerContext | N
                     await task
             context.close()
 
+    docs = context.settings.docs_enabled
     app = FastAPI(
         title="EdgeFleet OTA server",
         version="0.1.0",
         description="Signed model releases: TUF image repository, Uptane-style director, staged rollouts.",
         lifespan=lifespan,
+        # Off in production unless EDGEFLEET_EXPOSE_DOCS=true: the schema maps every endpoint for a prober.
+        openapi_url="/openapi.json" if docs else None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
     app.state.ctx = context
     for kind in (ServerError, OtaError, PoolTimeoutError):
         app.add_exception_handler(kind, _handle_domain_error)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)
+    app.add_exception_handler(Exception, _handle_unexpected)
     app.include_router(tuf.router)
     app.include_router(devices.router)
     app.include_router(operators.router)
     _add_health(app, context)
-    # Added last = outermost: the hot path runs before everything else, then the body limit.
-    app.add_middleware(BodyLimit, limit=context.settings.max_body_bytes)
+    # Added last = outermost: security headers wrap every answer (the hot path's too), then NUL-free URLs,
+    # then the hot path runs before everything else, then the body limit.
+    app.add_middleware(
+        BodyLimit,
+        limit=context.settings.max_body_bytes,
+        path_limits={
+            "/v1/releases": context.settings.max_artifact_bytes,
+            "/v1/releases/selftest": context.settings.max_selftest_bytes,
+        },
+    )
     app.add_middleware(AssignmentHotPath, ctx=context)
+    app.add_middleware(RejectNulInUrl)
+    app.add_middleware(SecurityHeaders, hsts=context.settings.public_base_url.lower().startswith("https://"))
     return app
 
 
@@ -270,9 +399,19 @@ def _add_health(app: FastAPI, ctx: ServerContext) -> None:
             return JSONResponse({"status": "unavailable", "message": "repository not initialised"}, 503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["health"])
-    def metrics() -> Response:
-        """Prometheus metrics: polls (and 304 ratio), reports by status, rollout phases."""
+    @app.get("/metrics", tags=["health"], responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}})
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics: polls (and 304 ratio), reports by status, rollout phases.
+
+        Needs an operator token with the read scope unless ``EDGEFLEET_METRICS_PUBLIC=true``.
+
+        Raises:
+            AuthError: No or unknown token (and metrics are not public).
+            ForbiddenError: The token lacks the read scope.
+        """
+        if not ctx.settings.metrics_public:
+            with ctx.sessions() as session:
+                authenticate_operator(session, bearer(request), OperatorScope.READ)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -172,12 +172,14 @@ class DeviceTokens:
     def device_of(self, token: str, now: float | None = None) -> str | None:
         """Return the device id a valid, unexpired token belongs to, else None (cheap: one HMAC)."""
         parts = token.rsplit(".", 2)
-        if len(parts) != 3 or not parts[1].isdigit():
+        # isascii: a header decodes as latin-1 and str.isdigit accepts other scripts' digits.
+        if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()):
             return None
         device_id, expires, mac = parts
         if int(expires) < (now or time.time()):
             return None
-        if not hmac.compare_digest(mac, self._mac("token", device_id, expires)):
+        # Compared as bytes: compare_digest refuses str with non-ASCII characters (a 500 before).
+        if not hmac.compare_digest(mac.encode(), self._mac("token", device_id, expires).encode()):
             return None
         return device_id
 
@@ -199,10 +201,10 @@ class DeviceTokens:
             AuthError: Forged, foreign or expired nonce.
         """
         parts = nonce.split(".")
-        if len(parts) != 3 or not parts[0].isdigit():
+        if len(parts) != 3 or not (parts[0].isascii() and parts[0].isdigit()):
             raise AuthError("malformed challenge nonce")
         expires, rand, mac = parts
-        if not hmac.compare_digest(mac, self._mac("challenge", device_id, expires, rand)):
+        if not hmac.compare_digest(mac.encode(), self._mac("challenge", device_id, expires, rand).encode()):
             raise AuthError("challenge nonce was not issued for this device")
         if int(expires) < (now or time.time()):
             raise AuthError("challenge nonce expired; ask for a new one")

@@ -11,7 +11,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -60,10 +60,11 @@ class LocalBlobStore:
         """Create the store.
 
         Args:
-            root: The folder; created when missing.
+            root: The folder; created when missing, owner-only (0700) like the rest of the server's state.
         """
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        root.chmod(0o700)
 
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
@@ -77,8 +78,9 @@ class LocalBlobStore:
         target = self._path(key)
         tmp = target.with_name(f".{target.name}.part")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with source.open("rb") as src, tmp.open("wb") as dst:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
                 shutil.copyfileobj(src, dst, CHUNK)
                 dst.flush()
                 os.fsync(dst.fileno())
@@ -93,7 +95,7 @@ class LocalBlobStore:
             BlobStoreError: The write failed.
         """
         try:
-            atomic_write_bytes(self._path(key), data)
+            atomic_write_bytes(self._path(key), data, mode=0o600)
         except OSError as exc:
             raise BlobStoreError(f"cannot store {key}: {exc}") from exc
 
@@ -106,27 +108,36 @@ class LocalBlobStore:
 
         Raises:
             BlobNotFoundError: No such blob.
+            BlobStoreError: The blob cannot be examined.
         """
         try:
             return self._path(key).stat().st_size
         except FileNotFoundError as exc:
             raise BlobNotFoundError(key) from exc
+        except OSError as exc:
+            raise BlobStoreError(f"cannot stat {key}: {exc.strerror}") from exc
 
     def open_range(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Yield bytes ``[start, end]``.
 
         Raises:
             BlobNotFoundError: No such blob.
+            BlobStoreError: The blob cannot be read.
         """
         path = self._path(key)
         if not path.is_file():
             raise BlobNotFoundError(key)
-        return self._iter(path, start, end)
+        # Opened here, not in the generator: an unreadable blob must fail before an answer has started.
+        try:
+            handle = path.open("rb")
+            handle.seek(start)
+        except OSError as exc:
+            raise BlobStoreError(f"cannot read {key}: {exc.strerror}") from exc
+        return self._iter(handle, start, end)
 
     @staticmethod
-    def _iter(path: Path, start: int, end: int | None) -> Iterator[bytes]:
-        with path.open("rb") as handle:
-            handle.seek(start)
+    def _iter(handle: BinaryIO, start: int, end: int | None) -> Iterator[bytes]:
+        with handle:
             remaining = None if end is None else end - start + 1
             while remaining is None or remaining > 0:
                 chunk = handle.read(CHUNK if remaining is None else min(CHUNK, remaining))

@@ -69,10 +69,9 @@ def run(
     log_format: Annotated[str, typer.Option(help="text or json (structured logs).")] = "text",
 ) -> None:
     """Start the API on uvicorn (zero configuration: SQLite, local blobs and dev keys under .edgefleet/)."""
-    import uvicorn
-
     from ota.server.context import build_context
     from ota.server.logs import configure_logging
+    from ota.server.serving import run_server, uvicorn_config
     from ota.server.settings import load_settings
 
     configure_logging(log_format)
@@ -80,7 +79,9 @@ def run(
         settings = load_settings()
         # Migrate and create keys once in the parent, so workers only open what exists.
         build_context(settings, migrate=migrate).close()
-    uvicorn.run(
+    # Header deadline, keep-alive timeout and header size cap from the settings (ota.server.serving).
+    config = uvicorn_config(
+        settings,
         "ota.server.app:create_app_from_env",
         factory=True,
         host=host or settings.host,
@@ -91,6 +92,7 @@ def run(
         # Keep our handlers (uvicorn would install its own text config otherwise).
         log_config=None,
     )
+    run_server(config)
 
 
 @server_app.command("migrate")
@@ -370,6 +372,7 @@ def release_publish(
             selftest=selftest,
             mlflow_run_id=mlflow_run_id,
             data_fingerprint=data_fingerprint,
+            temp_dir=ctx.settings.temp_dir,
         )
         ctx.close()
     word = "published" if result.created else "already published"

@@ -25,9 +25,10 @@ from ota.server.db import (
     transaction,
 )
 from ota.server.director import AssignmentCache, DirectorConfig
+from ota.server.errors import ConfigError
 from ota.server.keys import Keyring, ensure_keyring
 from ota.server.metrics import Metrics
-from ota.server.settings import ServerSettings
+from ota.server.settings import ServerSettings, make_private_dir
 from ota.server.tuf_repo import Expiries, ImageRepository
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,12 @@ def build_context(settings: ServerSettings, *, migrate: bool | None = None) -> S
         BlobStoreError: The blob store is unreachable.
         RepositoryError: The repository cannot be initialised.
     """
+    try:
+        # The server's state (SQLite file, blobs, keys, secret, temp files) is private to its user.
+        make_private_dir(settings.home)
+        make_private_dir(settings.temp_dir)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the state folder {settings.home}: {exc}") from exc
     engine = make_engine(
         settings.resolved_database_url,
         pool_size=settings.db_pool_size,

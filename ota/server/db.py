@@ -7,6 +7,7 @@ timeout, so several processes can share the file) and PostgreSQL (psycopg 3; row
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,13 +50,15 @@ def make_engine(
         raise ConfigError(f"bad database URL {url!r}: {exc}") from exc
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        if parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:":
+            _create_private_file(Path(parsed.database))
         pool: dict[str, Any] = {}
         if parsed.database and parsed.database != ":memory:":
             # File SQLite uses a QueuePool (5 + 10 by default): size it like PostgreSQL's.
             pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
-        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
+        engine = create_engine(
+            parsed, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True, **pool
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if backend == "postgresql":
@@ -64,11 +67,21 @@ def make_engine(
         return create_engine(
             parsed,
             pool_pre_ping=True,
+            # Parameters (token hashes, report bodies) must never reach an error message or a log line.
+            hide_parameters=True,
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_timeout=pool_timeout,
         )
     raise ConfigError(f"unsupported database backend {backend!r}: use sqlite or postgresql")
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file owner-only (0600) before SQLite does; its -wal and -shm files copy its mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        path.chmod(0o600)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from tuf.api.metadata import TargetFile
 from ota.server.blobstore import BlobStore
 from ota.server.db import bump_counter, transaction
 from ota.server.errors import ConflictError, InvalidRequestError, ServerError
+from ota.server.housekeeping import upload_dir
 from ota.server.models import AuditEntry, Delta, Release
 from ota.server.tuf_repo import ImageRepository
 
@@ -157,6 +157,7 @@ def publish_release(
     selftest: Path | None = None,
     mlflow_run_id: str | None = None,
     data_fingerprint: str | None = None,
+    temp_dir: Path | None = None,
 ) -> PublishResult:
     """Publish ``artifact`` as a release: upload, register the TUF target, build and register deltas.
 
@@ -174,6 +175,7 @@ def publish_release(
         selftest: The release's self-test vectors (``.npz``), registered as their own TUF target.
         mlflow_run_id: The MLflow run that trained the model (provenance).
         data_fingerprint: Fingerprint of the training data (provenance).
+        temp_dir: Where deltas are built (the server's swept temp folder; the system's when None).
 
     Returns:
         The release, whether it was new, and its deltas.
@@ -206,7 +208,7 @@ def publish_release(
     release_id = (
         f"rel-{sha256[:12]}-{hashlib.sha256(f'{model}/{version}/{profile}'.encode()).hexdigest()[:8]}"
     )
-    built = _build_deltas(blobs, artifact, sha256, bases, model, profile)
+    built = _build_deltas(blobs, artifact, sha256, bases, model, profile, temp_dir)
 
     custom: dict[str, Any] = {
         "kind": "model",
@@ -345,7 +347,13 @@ def _deltas_of(session: Session, release_id: str) -> list[Delta]:
 
 
 def _build_deltas(
-    blobs: BlobStore, artifact: Path, sha256: str, bases: list[Release], model: str, profile: str
+    blobs: BlobStore,
+    artifact: Path,
+    sha256: str,
+    bases: list[Release],
+    model: str,
+    profile: str,
+    temp_dir: Path | None,
 ) -> list[Delta]:
     if not bases:
         return []
@@ -355,10 +363,10 @@ def _build_deltas(
         log.warning("ota.core.delta is not available: publishing without deltas")
         return []
     built: list[Delta] = []
-    with tempfile.TemporaryDirectory(prefix="edgefleet-delta-") as tmp:
+    with upload_dir(temp_dir, kind="delta") as tmp:
         for base in bases:
-            base_path = Path(tmp) / f"base-{base.sha256}"
-            patch_path = Path(tmp) / f"patch-{base.sha256}"
+            base_path = tmp / f"base-{base.sha256}"
+            patch_path = tmp / f"patch-{base.sha256}"
             try:
                 blobs.download(blob_key(base.sha256, base.target_name), base_path)
                 make_delta(base_path, artifact, patch_path)

@@ -9,11 +9,39 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ota.server.rollout_machine import DEFAULT_FAILURE_THRESHOLD, DEFAULT_MIN_REPORTS_FOR_ABORT
 
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,63}$"
+NUL_MESSAGE = "text must not contain NUL (\\u0000) characters"
+
+
+def _has_nul(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if depth > 64:  # deeper than any document we accept; the JSON parser already bounded the input
+        return False
+    if isinstance(value, dict):
+        return any(_has_nul(k, depth + 1) or _has_nul(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v, depth + 1) for v in value)
+    return False
+
+
+class RequestModel(BaseModel):
+    """Base of request bodies: no NUL character in any string, keys included, at any depth (422).
+
+    PostgreSQL cannot store NUL in text or jsonb while SQLite can: refusing it here makes both backends
+    accept and refuse the same requests, before any value reaches a query.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        if _has_nul(data):
+            raise ValueError(NUL_MESSAGE)
+        return data
 
 
 class ErrorBody(BaseModel):
@@ -23,7 +51,7 @@ class ErrorBody(BaseModel):
     message: str
 
 
-class SignatureModel(BaseModel):
+class SignatureModel(RequestModel):
     """One signature of an envelope."""
 
     model_config = ConfigDict(extra="forbid")
@@ -31,7 +59,7 @@ class SignatureModel(BaseModel):
     sig: str = Field(max_length=512)
 
 
-class Envelope(BaseModel):
+class Envelope(RequestModel):
     """A signed document: ``signed`` plus signatures over its canonical JSON."""
 
     model_config = ConfigDict(extra="forbid")
@@ -60,7 +88,7 @@ class ReportAccepted(BaseModel):
     counter: int
 
 
-class OperatorTokenCreate(BaseModel):
+class OperatorTokenCreate(RequestModel):
     """Request to create an operator token."""
 
     model_config = ConfigDict(extra="forbid")
@@ -68,7 +96,7 @@ class OperatorTokenCreate(BaseModel):
     scopes: list[Literal["read", "release", "rollout", "admin"]] = Field(min_length=1, max_length=4)
 
 
-class ProvisioningTokenCreate(BaseModel):
+class ProvisioningTokenCreate(RequestModel):
     """Request to create a provisioning token."""
 
     model_config = ConfigDict(extra="forbid")
@@ -130,7 +158,7 @@ class PublishPublic(BaseModel):
     deltas: list[DeltaPublic]
 
 
-class PhaseModel(BaseModel):
+class PhaseModel(RequestModel):
     """A rollout phase; a field left out takes the server's default (``EDGEFLEET_ROLLOUT_*``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -141,7 +169,7 @@ class PhaseModel(BaseModel):
     min_success_ratio: float | None = Field(default=None, ge=0, le=1)
 
 
-class RolloutCreate(BaseModel):
+class RolloutCreate(RequestModel):
     """Request to start a rollout."""
 
     model_config = ConfigDict(extra="forbid")
@@ -207,7 +235,7 @@ class ProvisioningTokenInfo(TokenInfo):
     group: str | None
 
 
-class RevokeRequest(BaseModel):
+class RevokeRequest(RequestModel):
     """Why a credential is revoked or a device rejected (goes into the audit log)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -2,12 +2,15 @@
 
 Nothing is read at import time: the app factory and the CLI call :func:`load_settings`. In development mode
 (the default) everything lives under ``$EDGEFLEET_HOME`` (or ``./.edgefleet``): SQLite database, blob folder,
-key folder and the device-token secret, all created on first start. Outside development mode the server
-refuses to start on the default token secret or on keys it generated itself.
+key folder and the device-token secret, all created on first start (owner-only: 0700 folders, 0600 files).
+Outside development mode the server refuses to start on a weak token secret (see :func:`check_secret`) or on
+keys it generated itself; in development mode a weak secret only logs a warning.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import secrets
 from pathlib import Path
@@ -26,7 +29,37 @@ from ota.server.rollout_machine import (
     Phase,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_SECRET = "change-me"  # noqa: S105 - the sentinel that production mode refuses
+# The token secret keys the MAC of every device poll token: anyone who guesses it forges tokens offline.
+MIN_SECRET_BYTES = 32
+MIN_SECRET_BITS = 128
+MAKE_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'  # noqa: S105 - the command that makes one, not a secret
+
+
+def secret_weakness(secret: str) -> str | None:
+    """Say why ``secret`` is too weak to key device tokens, or return None when it is strong enough.
+
+    The rule: at least :data:`MIN_SECRET_BYTES` UTF-8 bytes, and an estimated strength of at least
+    :data:`MIN_SECRET_BITS` bits, estimated as ``length × log2(distinct characters)`` (what the string could
+    hold if each character were drawn at random from the characters it uses). That refuses short secrets,
+    the default, and long low-diversity ones (``aaaa…``, ``abab…``); ``secrets.token_urlsafe(48)`` gives
+    about 340 bits.
+    """
+    if secret == DEFAULT_SECRET:
+        return "it is the built-in default"
+    size = len(secret.encode())
+    if size < MIN_SECRET_BYTES:
+        return f"it is {size} bytes long, under the minimum of {MIN_SECRET_BYTES}"
+    distinct = len(set(secret))
+    bits = len(secret) * math.log2(distinct) if distinct > 1 else 0.0
+    if bits < MIN_SECRET_BITS:
+        return (
+            f"it uses only {distinct} distinct characters (about {bits:.0f} bits, "
+            f"under the floor of {MIN_SECRET_BITS})"
+        )
+    return None
 
 
 def edgefleet_home() -> Path:
@@ -76,6 +109,21 @@ class ServerSettings(BaseSettings):
     delta_base_count: int = Field(default=3, ge=0)
     max_artifact_bytes: int = Field(default=2 * 1024**3, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Self-test vectors (.npz) staged through PUT /v1/releases/selftest; streamed to disk, never held whole.
+    max_selftest_bytes: int = Field(default=64 * 1024**2, ge=1024)
+    # Slow clients: a request's headers must arrive within header_timeout seconds of the connection (or of
+    # the previous request on a kept-alive one), an idle kept-alive connection closes after keep_alive_timeout
+    # and a header block over max_header_bytes is refused.
+    header_timeout: float = Field(default=10.0, gt=0)
+    keep_alive_timeout: float = Field(default=5.0, gt=0)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Temp files of interrupted uploads and publishes older than this are swept at start and periodically.
+    stale_temp_seconds: float = Field(default=3600.0, ge=0)
+    temp_sweep_interval: float = Field(default=900.0, gt=0)
+    # /docs, /redoc and /openapi.json: None means on in development, off in production.
+    expose_docs: bool | None = None
+    # /metrics needs an operator token with the read scope unless this is true.
+    metrics_public: bool = False
     rollout_tick_interval: float = Field(default=10.0, gt=0)
     # Default phases of a rollout when the API or CLI gives none (EDGEFLEET_ROLLOUT_PHASES='[1,10,50,100]'),
     # and what each phase needs before it advances when the request leaves it out: a soak time and real
@@ -126,6 +174,16 @@ class ServerSettings(BaseSettings):
         return (self.key_dir or self.home / "keys").expanduser().resolve()
 
     @property
+    def docs_enabled(self) -> bool:
+        """Whether /docs, /redoc and /openapi.json are served (default: only in development)."""
+        return self.development if self.expose_docs is None else self.expose_docs
+
+    @property
+    def temp_dir(self) -> Path:
+        """The server's own temp folder (uploads, publish staging, delta building), swept for leftovers."""
+        return self.home / "tmp"
+
+    @property
     def development(self) -> bool:
         """True in development mode, where generated keys and secrets are allowed."""
         return self.mode == "development"
@@ -134,8 +192,9 @@ class ServerSettings(BaseSettings):
 def load_settings(**overrides: object) -> ServerSettings:
     """Build settings from the environment (plus explicit overrides) and fill in development secrets.
 
-    In development mode a missing token secret is generated once into ``home/token_secret`` (0600).
-    In production mode the default secret is refused.
+    In development mode a missing token secret is generated once into ``home/token_secret`` (0600), and a
+    weak one given explicitly is used with a warning. In production mode a weak secret (the default, short,
+    or low-diversity: :func:`secret_weakness`) is refused.
 
     Args:
         **overrides: Field values that win over the environment (tests and the CLI use them).
@@ -144,22 +203,41 @@ def load_settings(**overrides: object) -> ServerSettings:
         The settings.
 
     Raises:
-        ConfigError: Production mode with the default token secret, or the secret file cannot be written.
+        ConfigError: Production mode with a weak token secret, or the secret file cannot be written.
     """
     settings = ServerSettings(**overrides)  # type: ignore[arg-type]
-    if settings.token_secret == DEFAULT_SECRET:
-        if not settings.development:
-            raise ConfigError("EDGEFLEET_TOKEN_SECRET must be set outside development mode")
+    if settings.development and settings.token_secret == DEFAULT_SECRET:
         settings.token_secret = _development_secret(settings.home / "token_secret")
+    weakness = secret_weakness(settings.token_secret)
+    if weakness is not None:
+        message = (
+            f"EDGEFLEET_TOKEN_SECRET is too weak: {weakness}. It keys the MAC of every device poll token, "
+            f"so a guessable secret lets anyone forge tokens offline. Make one with: {MAKE_SECRET}"
+        )
+        if not settings.development:
+            raise ConfigError(message)
+        log.warning("%s (accepted in development mode only)", message)
     return settings
 
 
 def _development_secret(path: Path) -> str:
     if path.exists():
         return path.read_text().strip()
-    secret = secrets.token_urlsafe(32)
+    secret = secrets.token_urlsafe(48)
     try:
+        make_private_dir(path.parent)
         atomic_write_bytes(path, secret.encode(), mode=0o600)
     except OSError as exc:
         raise ConfigError(f"cannot write development secret {path}: {exc}") from exc
     return secret
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if missing and make it owner-only (0700): server state is private.
+
+    Raises:
+        OSError: The folder cannot be created or its mode set.
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path

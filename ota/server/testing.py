@@ -53,14 +53,20 @@ def serve_in_thread(ctx: ServerContext, *, label: str) -> Iterator[Served]:
     from ota.server.app import create_app
     from ota.server.auth import create_operator_token, create_provisioning_token
     from ota.server.db import transaction
+    from ota.server.serving import uvicorn_config
 
     with transaction(ctx.sessions) as session:
         _admin_row, admin = create_operator_token(session, name=f"{label}-admin", scopes=["admin"])
         _prov_row, provisioning = create_provisioning_token(session, name=label, auto_accept=True)
     port = ctx.settings.port
     server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(ctx=ctx), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        uvicorn_config(
+            ctx.settings,
+            create_app(ctx=ctx),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)

@@ -5,7 +5,6 @@ Every state-changing operator action writes an audit entry in the same transacti
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +25,7 @@ from ota.server.deps import (
     RolloutOperator,
 )
 from ota.server.errors import InvalidRequestError, NotFoundError
+from ota.server.housekeeping import upload_dir
 from ota.server.models import AuditEntry, Delta, Device, OperatorToken, ProvisioningToken, Release, Rollout
 from ota.server.releases import (
     NAME_PATTERN,
@@ -150,9 +150,10 @@ async def upload_selftest(request: Request, operator: ReleaseOperator, ctx: Cont
     Raises:
         InvalidRequestError: Empty, oversized or not an ``.npz`` file.
     """
-    with tempfile.TemporaryDirectory(prefix="edgefleet-upload-") as tmp:
-        path = Path(tmp) / "selftest.npz"
-        await _receive(request, path, ctx.settings.max_artifact_bytes, "self-test vectors")
+    with upload_dir(ctx.settings.temp_dir) as tmp:
+        path = tmp / "selftest.npz"
+        # Streamed to disk chunk by chunk, never held whole; EDGEFLEET_MAX_SELFTEST_BYTES bounds it.
+        await _receive(request, path, ctx.settings.max_selftest_bytes, "self-test vectors")
         sha256, length = await run_in_threadpool(stage_selftest, ctx.blobs, path)
     # No audit entry here: staging changes no signed state; the publish that attaches them is audited.
     return SelftestUploaded(sha256=sha256, length=length)
@@ -189,13 +190,13 @@ async def publish(
         InvalidRequestError: Empty or oversized artifact, or unknown staged vectors.
         ConflictError: model/version/profile taken by another artifact or other vectors.
     """
-    with tempfile.TemporaryDirectory(prefix="edgefleet-upload-") as tmp:
-        path = Path(tmp) / "artifact.onnx"
+    with upload_dir(ctx.settings.temp_dir) as tmp:
+        path = tmp / "artifact.onnx"
         await _receive(request, path, ctx.settings.max_artifact_bytes, "the artifact")
         vectors: Path | None = None
         if selftest_sha256 is not None:
             vectors = await run_in_threadpool(
-                fetch_staged_selftest, ctx.blobs, selftest_sha256, Path(tmp) / "selftest.npz"
+                fetch_staged_selftest, ctx.blobs, selftest_sha256, tmp / "selftest.npz"
             )
         result = await run_in_threadpool(
             publish_release,
@@ -212,6 +213,7 @@ async def publish(
             selftest=vectors,
             mlflow_run_id=mlflow_run_id,
             data_fingerprint=data_fingerprint,
+            temp_dir=ctx.settings.temp_dir,
         )
     if result.created:
         with ctx.sessions() as session:

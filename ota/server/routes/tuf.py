@@ -13,13 +13,13 @@ from fastapi import APIRouter, Header, Path
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from ota.server.deps import ContextDep
-from ota.server.errors import BlobNotFoundError, InvalidRequestError, NotFoundError
+from ota.server.errors import BlobNotFoundError, NotFoundError
 
 router = APIRouter(prefix="/tuf", tags=["tuf"])
 
 _VERSIONED = re.compile(r"^([1-9][0-9]{0,9})\.(root|snapshot|targets)\.json$")
 _TARGET = re.compile(r"^[0-9a-f]{64}\.[A-Za-z0-9][A-Za-z0-9._+-]{0,300}$")
-_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
 _JSON = "application/json"
 
 
@@ -45,21 +45,56 @@ def metadata(ctx: ContextDep, filename: str = Path(max_length=64)) -> Response:
     return Response(data, media_type=_JSON, headers={"Cache-Control": cache})
 
 
+def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """Read a ``Range`` header against a blob of ``size`` bytes (RFC 9110 §14).
+
+    Returns:
+        ``(start, end)`` (inclusive) to serve as 206; None to ignore the header and serve 200 in full
+        (no header, another unit, bad syntax, or several ranges, which the RFC lets a server ignore);
+        ``"unsatisfiable"`` for a single well-formed range that selects no byte (416).
+    """
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None
+    first, last = match.group(1), match.group(2)
+    if first:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+        if last and int(last) < start:
+            return None  # syntactically invalid: ignored, like any other bad range
+        return (start, end) if start < size else "unsatisfiable"
+    if not last:
+        return None  # "bytes=-" is no range at all
+    suffix = int(last)  # the last N bytes
+    if suffix == 0 or size == 0:
+        return "unsatisfiable"
+    return max(size - suffix, 0), size - 1
+
+
 @router.get(
     "/targets/{filename}",
-    responses={404: {"description": "No such target"}, 206: {"description": "Partial content"}},
+    responses={
+        404: {"description": "No such target"},
+        206: {"description": "Partial content"},
+        416: {"description": "Range not satisfiable"},
+    },
     response_model=None,
 )
 def target(
     ctx: ContextDep,
     filename: str = Path(max_length=400),
-    range_header: str | None = Header(default=None, alias="Range", max_length=64),
+    range_header: str | None = Header(default=None, alias="Range"),
 ) -> Response:
     """Serve a target file by its consistent-snapshot name ``{sha256}.{name}``, with Range support.
 
+    One range (``bytes=a-b``, ``bytes=a-``, or the suffix ``bytes=-n``) is served as 206; several ranges or
+    a malformed header are ignored (200, the whole file); a range past the end is 416 with
+    ``Content-Range: bytes */LEN``.
+
     Raises:
         NotFoundError: Unknown target.
-        InvalidRequestError: Unsatisfiable range.
     """
     if not _TARGET.match(filename):
         raise NotFoundError(f"no target {filename!r}")
@@ -72,14 +107,11 @@ def target(
     if url is not None:
         return RedirectResponse(url, status_code=307)
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "public, max-age=31536000, immutable"}
-    if range_header:
-        match = _RANGE.match(range_header.strip())
-        if match is None:
-            raise InvalidRequestError("only a single 'bytes=start-[end]' range is supported")
-        start = int(match.group(1))
-        end = min(int(match.group(2)) if match.group(2) else size - 1, size - 1)
-        if start >= size or end < start:
-            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+    selected = parse_range(range_header, size)
+    if selected == "unsatisfiable":
+        return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+    if isinstance(selected, tuple):
+        start, end = selected
         headers |= {"Content-Range": f"bytes {start}-{end}/{size}", "Content-Length": str(end - start + 1)}
         return StreamingResponse(
             ctx.blobs.open_range(key, start, end),

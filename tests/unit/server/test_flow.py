@@ -85,7 +85,7 @@ def test_enrol_poll_report(client: TestClient, ctx: ServerContext, admin: dict, 
     assert changed.status_code == 200
     newer = verify_assignment(changed.content, director, device_id="dev-1", last_counter=assignment.counter)
     assert newer.target is not None and newer.target.sha256 == second["release"]["sha256"]
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=admin).text
     assert 'edgefleet_polls_total{code="304"} 1.0' in metrics
     assert 'edgefleet_reports_total{status="committed"} 1.0' in metrics
 

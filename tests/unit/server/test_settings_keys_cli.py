@@ -19,7 +19,8 @@ from ota.server.settings import load_settings
 def test_production_refuses_default_secret(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load_settings(home=tmp_path, mode="production")
-    assert load_settings(home=tmp_path, mode="production", token_secret="s3cret").token_secret == "s3cret"
+    strong = "k7Qz-9vRt_Lm2XcW4pYs8NbH3jFd6GaE1uKo"
+    assert load_settings(home=tmp_path, mode="production", token_secret=strong).token_secret == strong
 
 
 def test_development_generates_a_private_secret(tmp_path: Path) -> None:
