@@ -266,6 +266,11 @@ class Fetcher:
         except httpx.TransportError as exc:
             # A cut connection: the bytes written so far are kept and the next attempt resumes after them.
             raise _RetryableError(_size(partial) - have, f"{url}: {type(exc).__name__}: {exc}") from exc
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+            # Too many redirects, a bad URL, …: retrying the same request cannot help.
+            raise _CountedError(
+                _size(partial) - have, FetchError(f"{url}: {type(exc).__name__}: {exc}")
+            ) from exc
         return received
 
     def _copy_body(self, url: str, response: httpx.Response, partial: Path, remaining: int) -> int:
