@@ -145,6 +145,7 @@ class Agent:
             apply_delta=apply_delta,
             on_event=self._on_install_event,
             fault=fault,
+            on_state_recovered=self._on_state_recovered,
         )
         self.reports = ReportQueue(
             state_dir,
@@ -487,6 +488,10 @@ class Agent:
             attack=event.attack,
             details=event.details,
         )
+
+    def _on_state_recovered(self, reason: str) -> None:
+        # Queued on disk at once, so it is sent even when this process is `agent status`.
+        self._report_failure(None, reason, attack=False)
 
     def _report_failure(self, assignment: Assignment | None, reason: str, *, attack: bool) -> None:
         state = self.installer.state()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -128,6 +129,7 @@ class Installer:
         health_check: Judges a newly installed model (defaults to :func:`run_health_check`).
         apply_delta: Applies a delta patch (defaults to ``ota.core.delta.apply_delta``, loaded lazily).
         on_event: Receives status events, for signed reports.
+        on_state_recovered: Told why, after a corrupt state file was moved aside and rebuilt.
         fault: Called at named points (``downloading``, ``delta-apply``, ``downloaded``, ``slot-switch``,
             ``installed``, ``health-check``, ``committing``); the fault-injection tests and the fleet
             simulator kill or crash the process there.
@@ -143,10 +145,11 @@ class Installer:
         apply_delta: DeltaApplier | None = None,
         on_event: EventSink | None = None,
         fault: FaultHook | None = None,
+        on_state_recovered: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.fetcher = fetcher
-        self.states = StateStore(state_dir)
+        self.states = StateStore(state_dir, recover=self._recover_state, on_recovered=on_state_recovered)
         self.slots = SlotStore(state_dir)
         self._health_check = health_check
         self._apply_delta = apply_delta
@@ -348,6 +351,37 @@ class Installer:
                 f"(download, install and a {self.config.disk_margin_bytes}-byte margin), {free} free"
             )
 
+    def _recover_state(self, corrupt: bytes) -> AgentState:
+        """Rebuild a safe resting state after ``state.json`` was found corrupt.
+
+        The ``current`` link moves only on commit, after the health check passed, so the slot it points at
+        holds the last committed model: that becomes the committed and active slot again, hashed from disk.
+        Whatever update was in flight is dropped (the trial slot is cleared by the next install). The
+        assignment counter and release sequences are salvaged when the corrupt document still has them
+        with the right types, so replay and rollback protection survive a partial corruption.
+        """
+        salvaged = _salvage(corrupt)
+        counter = salvaged.get("highest_assignment_counter")
+        extra = salvaged.get("extra")
+        base = AgentState(
+            highest_assignment_counter=counter if isinstance(counter, int) and counter >= 0 else 0,
+            extra=extra if isinstance(extra, dict) else {},
+            last_outcome="state recovered after corruption",
+        )
+        slot = self.slots.current_target()
+        if slot is None:
+            return base
+        model = self.slots.model_path(slot)
+        try:
+            length = model.stat().st_size
+            sha = sha256_file(model)
+        except (OSError, SlotError):
+            return base
+        committed = InstalledModel(sha256=sha, length=length, version="", target_name="")
+        return dataclasses.replace(
+            base, phase=Phase.COMMITTED, active_slot=slot, committed_slot=slot, committed=committed
+        )
+
     def _discard_partials(self, state: AgentState) -> None:
         """Delete this update's partial downloads and the trial slot's files; best effort."""
         self.slots.clear_staging()
@@ -518,6 +552,24 @@ class Installer:
 
 class _DeltaResultError(Exception):
     """Internal: a delta applied but did not reproduce the signed target."""
+
+
+def _salvage(corrupt: bytes) -> dict[str, Any]:
+    """Return the top-level object of a corrupt state file if it still parses, else an empty dict."""
+    try:
+        document = json.loads(corrupt)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    # bool is an int: a counter of true is no counter.
+    counter = document.get("highest_assignment_counter")
+    return {
+        "highest_assignment_counter": counter
+        if isinstance(counter, int) and not isinstance(counter, bool)
+        else None,
+        "extra": document.get("extra"),
+    }
 
 
 def _is_disk_full(exc: BaseException) -> bool:
