@@ -49,6 +49,7 @@ from ota.edge.backoff import full_jitter_delay, jittered_interval
 from ota.edge.config import AgentConfig
 from ota.edge.errors import EdgeError, FetchError, SlotError, VerificationError
 from ota.edge.fetch import Fetcher, make_client
+from ota.edge.fsutil import ensure_private_dir
 from ota.edge.identity import DeviceIdentity, Enrolment
 from ota.edge.install import DeltaApplier, FaultHook, HealthChecker, Installer, InstallEvent
 from ota.edge.profile import HardwareProfile, detect_profile
@@ -132,6 +133,7 @@ class Agent:
         self.rng = rng or random.Random()
         self.clock_offset_s = clock_offset_s
         self.client = client or make_client(self.config)
+        ensure_private_dir(state_dir)  # 0700: the key, the state and the models are this agent's alone
         self.identity = DeviceIdentity(state_dir)
         self.identity.load_or_create_key()
         self.hardware: HardwareProfile = detect_profile(override_name=profile)
@@ -375,6 +377,8 @@ class Agent:
             targets_max_length=limit * 4,
         )
         staging = self.state_dir / "staging"
+        # ngclient would create this folder with the umask's mode; made first, it is private like the rest.
+        ensure_private_dir(self.identity.tuf_dir / "root_history")
         updater = Updater(
             metadata_dir=str(self.identity.tuf_dir),
             metadata_base_url=enrolment.metadata_url,
@@ -589,7 +593,7 @@ def agent_from_args(
     Raises:
         EdgeError: If the state dir or the device key cannot be prepared.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(state_dir)
     return Agent(
         server_url=server,
         state_dir=state_dir,

@@ -278,7 +278,8 @@ class Fetcher:
         since_fsync = 0
         started = self.clock()
         try:
-            handle = partial.open("ab")
+            # 0600 like every file the agent keeps (the state dir is 0700 too).
+            handle = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         except OSError as exc:
             raise _CountedError(0, SlotError(f"cannot open {partial}: {exc}")) from exc
         with handle:

@@ -440,9 +440,9 @@ class Installer:
                 destination,
                 max_output_bytes=plan.target.length,
             )
-            # The delta engine writes through mkstemp (0600); a full download lands 0644. The application
-            # reading the active model may run as another user, so both must be world-readable.
-            destination.chmod(0o644)
+            # Private like a full download (0600, in a 0700 state dir): an application reading the active
+            # model runs as the agent's user, or is given access by the integrator, never by the world.
+            destination.chmod(0o600)
             if sha256_file(destination) != plan.target.sha256:
                 # The patch itself was signed and verified: a wrong result is a broken publish, not an
                 # attack on the transfer, so it takes the fallback path below like any apply failure.

@@ -30,7 +30,7 @@ from ota.core.manifest import (
 )
 from ota.edge.api import ReportVerdict
 from ota.edge.errors import EdgeError
-from ota.edge.fsutil import atomic_write_bytes, atomic_write_json
+from ota.edge.fsutil import atomic_write_bytes, atomic_write_json, ensure_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class ReportQueue:
         self.device_id = device_id
         self.signer = signer
         self.max_queued = max_queued
-        self.directory.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.directory)
 
     def _next_counter(self) -> int:
         path = self.directory / COUNTER_FILE
