@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -274,14 +275,29 @@ class Fetcher:
         return received
 
     def _copy_body(self, url: str, response: httpx.Response, partial: Path, remaining: int) -> int:
-        received = 0
-        since_fsync = 0
         started = self.clock()
         try:
             # 0600 like every file the agent keeps (the state dir is 0700 too).
             handle = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         except OSError as exc:
             raise _CountedError(0, SlotError(f"cannot open {partial}: {exc}")) from exc
+        try:
+            return self._write_body(url, response, partial, handle, remaining, started)
+        except OSError as exc:
+            # Closing flushes the last buffered bytes: a full disk can surface there, after the loop.
+            raise _CountedError(0, SlotError(f"cannot write {partial}: {exc}")) from exc
+
+    def _write_body(
+        self,
+        url: str,
+        response: httpx.Response,
+        partial: Path,
+        handle: BinaryIO,
+        remaining: int,
+        started: float,
+    ) -> int:
+        received = 0
+        since_fsync = 0
         with handle:
             try:
                 # No chunk_size: httpx would buffer up to it and lose the buffer when the connection is cut.
