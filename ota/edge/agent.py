@@ -41,17 +41,15 @@ from ota.core.manifest import (
     AdmissionState,
     Assignment,
     EnrolmentRequest,
-    EnrolmentResponse,
     ReportStatus,
-    TokenRequest,
-    parse_time,
     verify_assignment,
 )
-from ota.core.signing import sign_document
+from ota.edge.api import DeviceApi
 from ota.edge.backoff import full_jitter_delay, jittered_interval
 from ota.edge.config import AgentConfig
-from ota.edge.errors import EdgeError, FetchError, HttpStatusError, VerificationError
+from ota.edge.errors import EdgeError, FetchError, SlotError, VerificationError
 from ota.edge.fetch import Fetcher, make_client
+from ota.edge.fsutil import ensure_private_dir
 from ota.edge.identity import DeviceIdentity, Enrolment
 from ota.edge.install import DeltaApplier, FaultHook, HealthChecker, Installer, InstallEvent
 from ota.edge.profile import HardwareProfile, detect_profile
@@ -135,6 +133,7 @@ class Agent:
         self.rng = rng or random.Random()
         self.clock_offset_s = clock_offset_s
         self.client = client or make_client(self.config)
+        ensure_private_dir(state_dir)  # 0700: the key, the state and the models are this agent's alone
         self.identity = DeviceIdentity(state_dir)
         self.identity.load_or_create_key()
         self.hardware: HardwareProfile = detect_profile(override_name=profile)
@@ -148,6 +147,7 @@ class Agent:
             apply_delta=apply_delta,
             on_event=self._on_install_event,
             fault=fault,
+            on_state_recovered=self._on_state_recovered,
         )
         self.reports = ReportQueue(
             state_dir,
@@ -155,8 +155,13 @@ class Agent:
             signer=self.identity.load_or_create_key(),
             max_queued=self.config.report_queue_max,
         )
-        self._token: str | None = None
-        self._token_expires = datetime.min.replace(tzinfo=UTC)
+        self.api = DeviceApi(
+            server_url=self.server_url,
+            device_id=self.device_id,
+            client=self.client,
+            signer=self.identity.load_or_create_key(),
+            assignment_max_bytes=self.config.max_metadata_bytes,
+        )
         self._etag: str | None = None
         self._errors_in_a_row = 0
         self._started = False
@@ -181,23 +186,29 @@ class Agent:
                 return result
 
     def poll_once(self) -> PollResult:
-        """Run one poll cycle; never raises for network, server or verification trouble.
+        """Run one poll cycle; never raises, except for a deliberate stop.
+
+        Every answer is parsed and mapped to the edge error tree below this loop, in :mod:`ota.edge.api`,
+        the installer and the TUF fetcher; the last ``except Exception`` is the last resort for a bug or a
+        failure nobody foresaw: it is logged with its traceback and the loop backs off. ``KeyboardInterrupt``
+        and ``SystemExit`` are not ``Exception`` and still end the process.
 
         Returns:
             What happened and how long to wait.
         """
         try:
             result = self._poll()
-        except (FetchError, httpx.HTTPError) as exc:
-            return self._back_off(f"{type(exc).__name__}: {exc}")
         except VerificationError as exc:
             return PollResult("failed", self._interval(None), str(exc), attack=True)
         except EdgeError as exc:
-            return self._back_off(f"{type(exc).__name__}: {exc}")
+            return self._back_off(f"{type(exc).__name__}: {exc}", attack=exc.attack)
+        except Exception as exc:  # the loop must outlive any bug below it
+            log.exception("poll failed unexpectedly; backing off")
+            return self._back_off(f"unexpected {type(exc).__name__}: {exc}")
         self._errors_in_a_row = 0
         return result
 
-    def _back_off(self, reason: str) -> PollResult:
+    def _back_off(self, reason: str, *, attack: bool = False) -> PollResult:
         self._errors_in_a_row += 1
         wait = full_jitter_delay(
             self._errors_in_a_row - 1,
@@ -206,7 +217,7 @@ class Agent:
             rng=self.rng,
         )
         # Full jitter can draw ~0: the floor keeps a broken server from turning the agent into a busy loop.
-        return PollResult("error", max(self.config.poll_interval_min_s, wait), reason)
+        return PollResult("error", max(self.config.poll_interval_min_s, wait), reason, attack=attack)
 
     def _interval(self, server_seconds: float | None, extra_jitter: float = 0.0) -> float:
         base = self.config.clamp_poll_interval(server_seconds)
@@ -227,20 +238,13 @@ class Agent:
             self._flush_reports()
         state = self.installer.state()
         current = state.committed.sha256 if state.committed else None
-        response = self._authorised("GET", self._assignment_url(current), etag=True)
-        interval = _header_float(response.headers.get("x-poll-interval"))
-        if response.status_code == 304:
+        answer = self.api.assignment(current_sha256=current, etag=self._etag)
+        interval = answer.poll_interval
+        if answer.envelope is None:
             return PollResult("unchanged", self._interval(interval))
-        if response.status_code != 200:
-            raise HttpStatusError(
-                f"assignment answered {response.status_code}: {response.text[:200]}",
-                status_code=response.status_code,
-            )
-        if len(response.content) > self.config.max_metadata_bytes:
-            raise VerificationError(f"assignment is {len(response.content)} bytes, over the limit")
         try:
             assignment = verify_assignment(
-                response.content,
+                answer.envelope,
                 enrolment.director_public_key,
                 device_id=self.device_id,
                 hardware_profile=self.hardware.name,
@@ -254,7 +258,7 @@ class Agent:
             # Do not keep the ETag of a refused answer: the next poll must see a corrected one in full.
             self._etag = None
             return PollResult("failed", self._interval(interval), f"assignment refused: {exc}", attack=True)
-        new_etag = response.headers.get("etag")
+        new_etag = answer.etag
         interval = interval or float(assignment.poll_interval)
         if assignment.counter > state.highest_assignment_counter:
             self.installer.states.save(replace(state, highest_assignment_counter=assignment.counter))
@@ -373,6 +377,8 @@ class Agent:
             targets_max_length=limit * 4,
         )
         staging = self.state_dir / "staging"
+        # ngclient would create this folder with the umask's mode; made first, it is private like the rest.
+        ensure_private_dir(self.identity.tuf_dir / "root_history")
         updater = Updater(
             metadata_dir=str(self.identity.tuf_dir),
             metadata_base_url=enrolment.metadata_url,
@@ -398,6 +404,9 @@ class Agent:
             raise VerificationError(f"TUF metadata larger than allowed: {exc}") from exc
         except tuf_errors.DownloadError as exc:
             raise FetchError(f"TUF metadata download failed: {exc}") from exc
+        except OSError as exc:
+            # ngclient writes the metadata it accepts under identity/tuf: a full disk lands here.
+            raise SlotError(f"cannot store TUF metadata: {exc}") from exc
         return updater
 
     def _targetinfo(self, updater: Updater, name: str) -> TargetFile:
@@ -407,6 +416,8 @@ class Agent:
             raise VerificationError(f"TUF refused {name}: {exc}") from exc
         except tuf_errors.DownloadError as exc:
             raise FetchError(f"TUF metadata download failed: {exc}") from exc
+        except OSError as exc:
+            raise SlotError(f"cannot store TUF metadata: {exc}") from exc
         if info is None:
             raise VerificationError(f"the image repository has no target {name!r}")
         return info
@@ -442,19 +453,9 @@ class Agent:
             tags=self.tags,
             group=self.group,
         )
-        envelope = sign_document(request.to_dict(), [self.identity.load_or_create_key()])
-        response = self.client.post(f"{self.server_url}/v1/enrol", json=envelope)
-        if response.status_code == 403:
+        answer = self.api.enrol(request)
+        if answer is None:
             return Enrolment(self.device_id, "", "", {}, AdmissionState.REJECTED.value)
-        if response.status_code not in (201, 202):
-            raise HttpStatusError(
-                f"enrolment answered {response.status_code}: {response.text[:200]}",
-                status_code=response.status_code,
-            )
-        try:
-            answer = EnrolmentResponse.from_dict(response.json())
-        except (OtaError, ValueError) as exc:
-            raise VerificationError(f"enrolment answer refused: {exc}") from exc
         enrolment = Enrolment(
             device_id=answer.device_id,
             metadata_url=answer.metadata_url,
@@ -466,54 +467,13 @@ class Agent:
         return enrolment
 
     def _ensure_token(self) -> str:
-        if self._token is not None and datetime.now(UTC) < self._token_expires - timedelta(seconds=30):
-            return self._token
-        base = f"{self.server_url}/v1/devices/{self.device_id}"
-        challenge = self.client.post(f"{base}/challenge")
-        if challenge.status_code != 200:
-            raise HttpStatusError(
-                f"challenge answered {challenge.status_code}", status_code=challenge.status_code
-            )
-        nonce = challenge.json().get("nonce")
-        request = TokenRequest(device_id=self.device_id, nonce=str(nonce))
-        envelope = sign_document(request.to_dict(), [self.identity.load_or_create_key()])
-        answer = self.client.post(f"{base}/token", json=envelope)
-        if answer.status_code != 200:
-            raise HttpStatusError(f"token answered {answer.status_code}", status_code=answer.status_code)
-        body = answer.json()
-        self._token = str(body["token"])
-        try:
-            self._token_expires = parse_time(body.get("expires"), "expires")
-        except OtaError:
-            self._token_expires = datetime.now(UTC) + timedelta(seconds=60)
-        return self._token
-
-    def _authorised(
-        self, method: str, url: str, *, etag: bool = False, json_body: Any = None
-    ) -> httpx.Response:
-        for attempt in range(2):
-            headers = {"Authorization": f"Bearer {self._ensure_token()}"}
-            if etag and self._etag:
-                headers["If-None-Match"] = self._etag
-            response = self.client.request(method, url, headers=headers, json=json_body)
-            if response.status_code == 401 and attempt == 0:
-                self._token = None  # expired or the server restarted with new MAC keys: log in again
-                continue
-            return response
-        return response
-
-    def _assignment_url(self, current: str | None) -> str:
-        url = f"{self.server_url}/v1/devices/{self.device_id}/assignment"
-        return f"{url}?current={current}" if current else url
+        """Return a valid poll token (see :meth:`ota.edge.api.DeviceApi.token`)."""
+        return self.api.token()
 
     def _flush_reports(self) -> None:
         if not self.reports.pending():
             return
-        url = f"{self.server_url}/v1/devices/{self.device_id}/reports"
-        try:
-            self.reports.flush(lambda envelope: self._authorised("POST", url, json_body=envelope))
-        except (EdgeError, httpx.HTTPError) as exc:
-            log.info("reports stay queued: %s", exc)
+        self.reports.flush(self.api.post_report)
 
     def _on_install_event(self, event: InstallEvent) -> None:
         state = self.installer.state()
@@ -532,6 +492,10 @@ class Agent:
             attack=event.attack,
             details=event.details,
         )
+
+    def _on_state_recovered(self, reason: str) -> None:
+        # Queued on disk at once, so it is sent even when this process is `agent status`.
+        self._report_failure(None, reason, attack=False)
 
     def _report_failure(self, assignment: Assignment | None, reason: str, *, attack: bool) -> None:
         state = self.installer.state()
@@ -607,13 +571,6 @@ def _find_custom(custom: dict[str, Any], key: str) -> Any:
     return None
 
 
-def _header_float(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 def _is_transient(reason: str | None) -> bool:
     """Whether a failed install may succeed on a later try without a new assignment (network trouble)."""
     text = reason or ""
@@ -636,7 +593,7 @@ def agent_from_args(
     Raises:
         EdgeError: If the state dir or the device key cannot be prepared.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(state_dir)
     return Agent(
         server_url=server,
         state_dir=state_dir,

@@ -62,7 +62,6 @@ def run(
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
         agent = Agent(
             server_url=server,
             state_dir=state_dir,

@@ -46,6 +46,10 @@ class AgentConfig:
         max_same_failures: A target that fails the same way this many times is not retried until the
             assignment changes.
         report_queue_max: Queued reports kept on disk while offline; the oldest are dropped beyond it.
+        disk_margin_bytes: Free space an update must leave on the state dir's filesystem beyond its own
+            files (see :meth:`ota.edge.install.Installer.space_needed`): room for the state file's
+            temp-file rewrites, queued reports and refreshed TUF metadata, so that a download that fits
+            never leaves the agent unable to record or report what happened.
     """
 
     poll_interval_min_s: float = 5.0
@@ -71,6 +75,7 @@ class AgentConfig:
     max_trial_boots: int = 3
     max_same_failures: int = 1
     report_queue_max: int = 1000
+    disk_margin_bytes: int = 4 * MIB
 
     def __post_init__(self) -> None:
         """Check the limits are coherent.

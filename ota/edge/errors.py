@@ -11,8 +11,12 @@ Tree::
     ├── ConfigError              a limit in AgentConfig makes no sense
     ├── StateError               the persisted state file is unreadable or inconsistent
     ├── SlotError                a slot or the slot pointer cannot be read or written (disk full, …)
+    │   └── InsufficientSpaceError  not enough free space for an update's download and install
     ├── FetchError               a download failed and may be retried later
     │   ├── HttpStatusError      the server answered with an unexpected status
+    │   ├── ApiTransportError    a device API call failed in transport (connect, timeout, protocol)
+    │   ├── AnswerFormatError    a device API answer is not the document expected (HTML, bad JSON, …)
+    │   ├── AnswerTooLargeError  a device API answer exceeds its per-endpoint cap (endless data)    [attack]
     │   ├── SlowRetrievalError   the server sends too slowly (slow-retrieval attack or bad link)  [attack]
     │   ├── RetriesExhaustedError  every retry failed; the partial file is kept for later
     │   ├── DownloadTooLargeError  more bytes than declared (endless-data attack)                [attack]
@@ -47,6 +51,10 @@ class SlotError(EdgeError):
     """A slot, its files or the slot pointer cannot be read or written (for example, the disk is full)."""
 
 
+class InsufficientSpaceError(SlotError):
+    """The disk has too little free space for an update's download and install; nothing was started."""
+
+
 class FetchError(EdgeError):
     """A download failed; the partial file is kept so that a later attempt can resume."""
 
@@ -61,6 +69,25 @@ class HttpStatusError(FetchError):
     def __init__(self, message: str, *, status_code: int) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class ApiTransportError(FetchError):
+    """A call to a device endpoint failed below HTTP: connect error, timeout, protocol error, redirects."""
+
+
+class AnswerFormatError(FetchError):
+    """A device endpoint answered 2xx with a body that is not the expected document.
+
+    HTML from a captive portal, bytes that are not JSON or not UTF-8, a JSON list where an object is
+    expected, a missing key or a value of the wrong type. Not an attack flag: proxies and portals do this
+    innocently; anything signed that is wrong is a :class:`VerificationError` instead.
+    """
+
+
+class AnswerTooLargeError(FetchError):
+    """A device endpoint's answer is larger than that endpoint's cap (endless-data attack on the API)."""
+
+    attack = True
 
 
 class SlowRetrievalError(FetchError):

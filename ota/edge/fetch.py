@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -266,16 +267,37 @@ class Fetcher:
         except httpx.TransportError as exc:
             # A cut connection: the bytes written so far are kept and the next attempt resumes after them.
             raise _RetryableError(_size(partial) - have, f"{url}: {type(exc).__name__}: {exc}") from exc
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+            # Too many redirects, a bad URL, …: retrying the same request cannot help.
+            raise _CountedError(
+                _size(partial) - have, FetchError(f"{url}: {type(exc).__name__}: {exc}")
+            ) from exc
         return received
 
     def _copy_body(self, url: str, response: httpx.Response, partial: Path, remaining: int) -> int:
-        received = 0
-        since_fsync = 0
         started = self.clock()
         try:
-            handle = partial.open("ab")
+            # 0600 like every file the agent keeps (the state dir is 0700 too).
+            handle = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         except OSError as exc:
             raise _CountedError(0, SlotError(f"cannot open {partial}: {exc}")) from exc
+        try:
+            return self._write_body(url, response, partial, handle, remaining, started)
+        except OSError as exc:
+            # Closing flushes the last buffered bytes: a full disk can surface there, after the loop.
+            raise _CountedError(0, SlotError(f"cannot write {partial}: {exc}")) from exc
+
+    def _write_body(
+        self,
+        url: str,
+        response: httpx.Response,
+        partial: Path,
+        handle: BinaryIO,
+        remaining: int,
+        started: float,
+    ) -> int:
+        received = 0
+        since_fsync = 0
         with handle:
             try:
                 # No chunk_size: httpx would buffer up to it and lose the buffer when the connection is cut.

@@ -40,13 +40,29 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def ensure_private_dir(directory: Path) -> None:
+    """Create ``directory`` (and parents) if missing and make it 0700, tightening an older, wider one.
+
+    The agent's state dir holds its private key, tokens' proofs and models: nobody else may list or read
+    it. ``mkdir(mode=…)`` is masked by the umask and leaves an existing directory alone, hence the chmod.
+
+    Raises:
+        SlotError: If the directory cannot be created or its mode set.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.chmod(0o700)
+    except OSError as exc:
+        raise SlotError(f"cannot create {directory} as a private (0700) directory: {exc}") from exc
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` atomically and durably.
 
     Args:
         path: The file to write; its parent directory must exist.
         data: The full new contents.
-        mode: Permission bits of the new file (``0o600`` for secrets).
+        mode: Permission bits of the new file (private by default: everything the agent keeps is).
 
     Raises:
         SlotError: If the write fails (for example, the disk is full); the old file is left untouched.
@@ -72,7 +88,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     fsync_dir(directory)
 
 
-def atomic_write_json(path: Path, document: Any, *, mode: int = 0o644) -> None:
+def atomic_write_json(path: Path, document: Any, *, mode: int = 0o600) -> None:
     """Serialise ``document`` as sorted, indented JSON and write it with :func:`atomic_write_bytes`.
 
     Args:

@@ -23,7 +23,7 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 from ota.core.errors import OtaError
 from ota.core.signing import generate_ed25519_signer, key_from_dict, key_to_dict, load_private_key_file
 from ota.edge.errors import IdentityError, SlotError
-from ota.edge.fsutil import atomic_write_bytes, atomic_write_json
+from ota.edge.fsutil import atomic_write_bytes, atomic_write_json, ensure_private_dir
 
 KEY_FILE = "device_key.pem"
 DEVICE_FILE = "device.json"
@@ -88,9 +88,9 @@ class DeviceIdentity:
         if self._signer is not None:
             return self._signer
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise IdentityError(f"cannot create {self.directory}: {exc}") from exc
+            ensure_private_dir(self.directory)
+        except SlotError as exc:
+            raise IdentityError(str(exc)) from exc
         if self.key_path.exists():
             mode = self.key_path.stat().st_mode & 0o777
             if mode & 0o077:
@@ -150,7 +150,7 @@ class DeviceIdentity:
             IdentityError: If a file cannot be written.
         """
         try:
-            self.tuf_dir.mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(self.tuf_dir)
             root_path = self.tuf_dir / ROOT_FILE
             if not root_path.exists():
                 atomic_write_bytes(root_path, json.dumps(tuf_root).encode())

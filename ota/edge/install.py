@@ -15,12 +15,22 @@ after a restart:
   model keeps crashing the agent) roll it back, like a bootloader's boot counter.
 
 The committed slot is never written during an update, so the device always keeps a working model.
+
+A full disk must not wedge the agent: before downloading, :meth:`Installer.space_needed` is checked against
+the free space of the state dir's filesystem (:class:`~ota.edge.errors.InsufficientSpaceError`), and any
+write failure while downloading, reconstructing or recording the download (``ENOSPC`` included) deletes the
+update's partial files *before* the state is moved back to idle and the failure is reported, so both of
+those small writes find room again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import json
+import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +38,14 @@ from typing import Any, Protocol
 
 from ota.core.manifest import ReportStatus
 from ota.edge.config import AgentConfig
-from ota.edge.errors import EdgeError, FetchError, SlotError, StateError
+from ota.edge.errors import EdgeError, FetchError, InsufficientSpaceError, SlotError, StateError
 from ota.edge.fetch import Fetcher
 from ota.edge.fsutil import sha256_file
 from ota.edge.health import HealthResult, run_health_check
 from ota.edge.slots import SlotStore, other_slot
 from ota.edge.state import RESTING_PHASES, AgentState, InstalledModel, Phase, StateStore, UpdatePlan
+
+log = logging.getLogger(__name__)
 
 
 class DeltaApplier(Protocol):
@@ -117,6 +129,7 @@ class Installer:
         health_check: Judges a newly installed model (defaults to :func:`run_health_check`).
         apply_delta: Applies a delta patch (defaults to ``ota.core.delta.apply_delta``, loaded lazily).
         on_event: Receives status events, for signed reports.
+        on_state_recovered: Told why, after a corrupt state file was moved aside and rebuilt.
         fault: Called at named points (``downloading``, ``delta-apply``, ``downloaded``, ``slot-switch``,
             ``installed``, ``health-check``, ``committing``); the fault-injection tests and the fleet
             simulator kill or crash the process there.
@@ -132,10 +145,11 @@ class Installer:
         apply_delta: DeltaApplier | None = None,
         on_event: EventSink | None = None,
         fault: FaultHook | None = None,
+        on_state_recovered: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.fetcher = fetcher
-        self.states = StateStore(state_dir)
+        self.states = StateStore(state_dir, recover=self._recover_state, on_recovered=on_state_recovered)
         self.slots = SlotStore(state_dir)
         self._health_check = health_check
         self._apply_delta = apply_delta
@@ -229,9 +243,14 @@ class Installer:
         if state.phase is Phase.DOWNLOADING:
             try:
                 self._download(state, plan)
+                state = self._transition(state, Phase.DOWNLOADED)
+            except SlotError as exc:
+                # A full disk (or a failing one): what was written for this update cannot complete. Free it
+                # first, so that the state write and the failure report below have room.
+                self._discard_partials(state)
+                return self._abandon(state, plan, str(exc))
             except EdgeError as exc:
                 return self._abandon(state, plan, str(exc), attack=exc.attack)
-            state = self._transition(state, Phase.DOWNLOADED)
             self._emit(ReportStatus.DOWNLOADED, plan, details={"delta": self._used_delta})
             self._hit("downloaded")
         if state.phase is Phase.DOWNLOADED:
@@ -287,10 +306,97 @@ class Installer:
             health=result,
         )
 
+    def space_needed(self, state: AgentState, plan: UpdatePlan) -> int:
+        """Bytes of free space the rest of this update needs, margin included.
+
+        A delta needs room for the patch and the reconstructed model side by side (the engine writes its
+        output before the patch is deleted); a fallback to the full target reuses the patch's room. The
+        self-test vectors come on top, and ``disk_margin_bytes`` for the state, reports and TUF metadata.
+        Bytes already in the staging area or the trial slot for this update count as already there.
+
+        Args:
+            state: The persisted state (its committed model decides whether the delta applies).
+            plan: The update.
+
+        Returns:
+            The number of bytes.
+        """
+        files = [plan.target.length]
+        if (
+            plan.delta is not None
+            and state.committed is not None
+            and state.committed.sha256 == plan.delta_base_sha256
+        ):
+            files.append(plan.delta.length)
+        if plan.selftest is not None:
+            files.append(plan.selftest.length)
+        on_disk = 0
+        directories = [self.slots.staging]
+        if state.trial_slot is not None:
+            directories.append(self.slots.slot_dir(state.trial_slot))
+        for directory in directories:
+            with contextlib.suppress(OSError):
+                on_disk += sum(entry.stat().st_size for entry in directory.iterdir() if entry.is_file())
+        return max(0, sum(files) - on_disk) + self.config.disk_margin_bytes
+
+    def _check_space(self, state: AgentState, plan: UpdatePlan) -> None:
+        needed = self.space_needed(state, plan)
+        try:
+            free = shutil.disk_usage(self.slots.root).free
+        except OSError as exc:
+            raise SlotError(f"cannot measure free space under {self.slots.root}: {exc}") from exc
+        if free < needed:
+            raise InsufficientSpaceError(
+                f"not enough disk space for {plan.target.name}: {needed} bytes needed "
+                f"(download, install and a {self.config.disk_margin_bytes}-byte margin), {free} free"
+            )
+
+    def _recover_state(self, corrupt: bytes) -> AgentState:
+        """Rebuild a safe resting state after ``state.json`` was found corrupt.
+
+        The ``current`` link moves only on commit, after the health check passed, so the slot it points at
+        holds the last committed model: that becomes the committed and active slot again, hashed from disk.
+        Whatever update was in flight is dropped (the trial slot is cleared by the next install). The
+        assignment counter and release sequences are salvaged when the corrupt document still has them
+        with the right types, so replay and rollback protection survive a partial corruption.
+        """
+        salvaged = _salvage(corrupt)
+        counter = salvaged.get("highest_assignment_counter")
+        extra = salvaged.get("extra")
+        base = AgentState(
+            highest_assignment_counter=counter if isinstance(counter, int) and counter >= 0 else 0,
+            extra=extra if isinstance(extra, dict) else {},
+            last_outcome="state recovered after corruption",
+        )
+        slot = self.slots.current_target()
+        if slot is None:
+            return base
+        model = self.slots.model_path(slot)
+        try:
+            length = model.stat().st_size
+            sha = sha256_file(model)
+        except (OSError, SlotError):
+            return base
+        committed = InstalledModel(sha256=sha, length=length, version="", target_name="")
+        return dataclasses.replace(
+            base, phase=Phase.COMMITTED, active_slot=slot, committed_slot=slot, committed=committed
+        )
+
+    def _discard_partials(self, state: AgentState) -> None:
+        """Delete this update's partial downloads and the trial slot's files; best effort."""
+        self.slots.clear_staging()
+        if state.trial_slot is not None:
+            try:
+                self.slots.clear_slot(state.trial_slot)
+            except SlotError as exc:
+                log.warning("cannot clear the trial slot after a failed update: %s", exc)
+
     def _download(self, state: AgentState, plan: UpdatePlan) -> None:
         assert state.trial_slot is not None
         destination = self.slots.model_path(state.trial_slot)
         already_there = destination.is_file() and sha256_file(destination) == plan.target.sha256
+        if not already_there:
+            self._check_space(state, plan)
         if not already_there and not self._try_delta(state, plan, destination):
             self.fetcher.fetch(
                 plan.target.url,
@@ -334,9 +440,9 @@ class Installer:
                 destination,
                 max_output_bytes=plan.target.length,
             )
-            # The delta engine writes through mkstemp (0600); a full download lands 0644. The application
-            # reading the active model may run as another user, so both must be world-readable.
-            destination.chmod(0o644)
+            # Private like a full download (0600, in a 0700 state dir): an application reading the active
+            # model runs as the agent's user, or is given access by the integrator, never by the world.
+            destination.chmod(0o600)
             if sha256_file(destination) != plan.target.sha256:
                 # The patch itself was signed and verified: a wrong result is a broken publish, not an
                 # attack on the transfer, so it takes the fallback path below like any apply failure.
@@ -348,6 +454,8 @@ class Installer:
         except SlotError:
             raise  # a full disk stays a full disk with a full download
         except Exception as exc:  # the delta engine's DeltaError family, or anything it did not foresee
+            if _is_disk_full(exc):
+                raise SlotError(f"delta apply failed, the disk is full: {exc}") from exc
             return self._fall_back(plan, destination, patch, f"delta apply failed: {exc}")
         self._used_delta = True
         return True
@@ -444,6 +552,36 @@ class Installer:
 
 class _DeltaResultError(Exception):
     """Internal: a delta applied but did not reproduce the signed target."""
+
+
+def _salvage(corrupt: bytes) -> dict[str, Any]:
+    """Return the top-level object of a corrupt state file if it still parses, else an empty dict."""
+    try:
+        document = json.loads(corrupt)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    # bool is an int: a counter of true is no counter.
+    counter = document.get("highest_assignment_counter")
+    return {
+        "highest_assignment_counter": counter
+        if isinstance(counter, int) and not isinstance(counter, bool)
+        else None,
+        "extra": document.get("extra"),
+    }
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it was raised from is an ``ENOSPC``/``EDQUOT`` OSError."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _health_details(result: HealthResult) -> dict[str, Any]:

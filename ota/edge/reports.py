@@ -3,9 +3,9 @@
 Each report gets the next counter (persisted *before* the report is written, so a crash can skip a
 counter but never reuse one), is signed with the device key through :mod:`ota.core.manifest`, and waits
 as ``reports/<counter>.json`` until the server accepts it. :meth:`ReportQueue.flush` posts them oldest
-first and stops at the first network or server error, keeping the rest for the next poll. A report the
-server refuses as a replay (403 ``replayed_report``) has already arrived and is dropped; the server is
-idempotent, so sending one twice is harmless.
+first and stops at the first network or server error, keeping the rest for the next poll. The HTTP side
+(and what a 403 ``replayed_report`` means: it had already arrived, drop it) lives in :mod:`ota.edge.api`;
+the server is idempotent, so sending one twice is harmless.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from securesystemslib.signer import Signer
 
 from ota.core.manifest import (
@@ -29,7 +28,9 @@ from ota.core.manifest import (
     sign_status_report,
     utc_now,
 )
-from ota.edge.fsutil import atomic_write_bytes, atomic_write_json
+from ota.edge.api import ReportVerdict
+from ota.edge.errors import EdgeError
+from ota.edge.fsutil import atomic_write_bytes, atomic_write_json, ensure_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class ReportQueue:
         self.device_id = device_id
         self.signer = signer
         self.max_queued = max_queued
-        self.directory.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.directory)
 
     def _next_counter(self) -> int:
         path = self.directory / COUNTER_FILE
@@ -135,11 +136,11 @@ class ReportQueue:
             with contextlib.suppress(OSError):
                 path.unlink()
 
-    def flush(self, post: Callable[[dict[str, Any]], httpx.Response]) -> int:
+    def flush(self, post: Callable[[dict[str, Any]], ReportVerdict]) -> int:
         """Send queued reports in order until one fails.
 
         Args:
-            post: Sends one envelope and returns the response (the agent adds its token).
+            post: Sends one envelope and says what became of it (:meth:`ota.edge.api.DeviceApi.post_report`).
 
         Returns:
             How many reports left the queue.
@@ -153,28 +154,19 @@ class ReportQueue:
                     path.unlink()  # a torn file cannot exist (atomic writes); drop anything unreadable
                 continue
             try:
-                response = post(envelope)
-            except httpx.HTTPError as exc:
+                verdict = post(envelope)
+            except EdgeError as exc:
                 log.info("report flush stopped: %s", exc)
                 break
-            if response.status_code == 200 or (response.status_code == 403 and _is_replay(response)):
+            if verdict is ReportVerdict.DELIVERED:
                 with contextlib.suppress(OSError):
                     path.unlink()
                 sent += 1
                 continue
-            if response.status_code in (400, 413, 422):
-                log.warning(
-                    "server refused report %s for good (%s); dropping it", path.name, response.status_code
-                )
+            if verdict is ReportVerdict.REFUSED:
+                log.warning("server refused report %s for good; dropping it", path.name)
                 with contextlib.suppress(OSError):
                     path.unlink()
                 continue
             break  # 401 (token expired), 5xx, …: keep the queue for the next poll
         return sent
-
-
-def _is_replay(response: httpx.Response) -> bool:
-    with contextlib.suppress(ValueError):
-        body = response.json()
-        return isinstance(body, dict) and "replay" in str(body.get("error", "")).lower()
-    return False

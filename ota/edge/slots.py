@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from ota.edge.errors import SlotError
-from ota.edge.fsutil import atomic_symlink, fsync_dir, sha256_file
+from ota.edge.fsutil import atomic_symlink, ensure_private_dir, fsync_dir, sha256_file
 
 SlotName = Literal["a", "b"]
 SLOT_NAMES: tuple[SlotName, SlotName] = ("a", "b")
@@ -80,12 +80,8 @@ class SlotStore:
         Raises:
             SlotError: If a directory cannot be created.
         """
-        try:
-            for slot in SLOT_NAMES:
-                self.slot_dir(slot).mkdir(parents=True, exist_ok=True)
-            self.staging.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SlotError(f"cannot create the slot layout under {self.root}: {exc}") from exc
+        for directory in (self.root / "slots", *(self.slot_dir(slot) for slot in SLOT_NAMES), self.staging):
+            ensure_private_dir(directory)
 
     def slot_dir(self, slot: SlotName) -> Path:
         """Return the directory of ``slot``."""
@@ -156,7 +152,7 @@ class SlotStore:
                 else:
                     entry.unlink()
         except FileNotFoundError:
-            directory.mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(directory)
         except OSError as exc:
             raise SlotError(f"cannot clear slot {slot}: {exc}") from exc
         fsync_dir(directory)

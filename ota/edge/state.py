@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,8 @@ from ota.edge.slots import SlotName, parse_slot
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
+
+log = logging.getLogger(__name__)
 
 
 class Phase(StrEnum):
@@ -360,23 +365,45 @@ def _installed(document: object) -> InstalledModel | None:
     return None if document is None else InstalledModel.from_json(document)
 
 
+#: Builds a safe state when ``state.json`` is corrupt; gets the corrupt bytes to salvage from.
+StateRecovery = Callable[[bytes], AgentState]
+
+
 class StateStore:
     """Reads and atomically writes ``state.json`` in the agent's state dir.
+
+    A state file that is not JSON or fails validation cannot be fixed by reading it again: with a
+    ``recover`` function the store moves it aside as ``state.json.corrupt-<UTC time>`` (kept for a
+    post-mortem), saves what ``recover`` rebuilds, logs an error and tells ``on_recovered`` once. Without
+    one (tests, the read-only :mod:`ota.edge.active`), it raises :class:`StateError`.
 
     Args:
         root: The agent's state directory.
         max_bytes: Refuse a state file larger than this (it is small; anything big is corruption).
+        recover: Rebuilds a safe state from what is on disk (the installer derives it from the slots).
+        on_recovered: Told the reason after a recovery (the agent reports it to the server).
     """
 
-    def __init__(self, root: Path, *, max_bytes: int = 1024 * 1024) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_bytes: int = 1024 * 1024,
+        recover: StateRecovery | None = None,
+        on_recovered: Callable[[str], None] | None = None,
+    ) -> None:
         self.path = root / STATE_FILE
         self.max_bytes = max_bytes
+        self.recover = recover
+        self.on_recovered = on_recovered
 
     def load(self) -> AgentState:
         """Read the state, or return a fresh idle state when there is none yet.
 
         Raises:
-            StateError: If the file exists but cannot be read or parsed.
+            StateError: If the file cannot be read, or it is corrupt and there is no ``recover`` function
+                (or moving it aside fails).
+            SlotError: If the recovered state cannot be written.
         """
         try:
             raw = self.path.read_bytes()
@@ -384,13 +411,45 @@ class StateStore:
             return AgentState()
         except OSError as exc:
             raise StateError(f"cannot read {self.path}: {exc}") from exc
+        try:
+            return self.parse(raw)
+        except StateError as exc:
+            if self.recover is None:
+                raise
+            return self._recover(raw, exc)
+
+    def parse(self, raw: bytes) -> AgentState:
+        """Parse and validate the bytes of a state file.
+
+        Raises:
+            StateError: If they are too large, not JSON, or not a valid state.
+        """
         if len(raw) > self.max_bytes:
             raise StateError(f"{self.path} is {len(raw)} bytes, more than {self.max_bytes}")
         try:
             document = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise StateError(f"{self.path} is not valid JSON: {exc}") from exc
         return AgentState.from_json(document)
+
+    def _recover(self, raw: bytes, error: StateError) -> AgentState:
+        assert self.recover is not None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        aside = self.path.with_name(f"{STATE_FILE}.corrupt-{stamp}")
+        try:
+            self.path.replace(aside)
+        except OSError as exc:
+            raise StateError(f"{self.path} is corrupt ({error}) and cannot be moved aside: {exc}") from exc
+        state = self.recover(raw)
+        self.save(state)
+        reason = (
+            f"state file was corrupt ({error}); kept as {aside.name}, recovered "
+            f"{'committed slot ' + state.committed_slot if state.committed_slot else 'an empty state'}"
+        )
+        log.error("%s", reason)
+        if self.on_recovered is not None:
+            self.on_recovered(reason)
+        return state
 
     def save(self, state: AgentState) -> None:
         """Persist ``state`` atomically; after return it survives ``kill -9`` and power loss.

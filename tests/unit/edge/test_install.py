@@ -248,7 +248,9 @@ def test_install_while_an_update_is_in_flight_is_refused(tmp_path):
     assert outcome is not None and outcome.status is ReportStatus.COMMITTED
 
 
-def test_models_from_delta_and_full_download_are_both_world_readable(tmp_path):
+def test_models_from_delta_and_full_download_are_both_private(tmp_path):
+    """Both land 0600 (issue 9, E: state files are private), whichever way they were made."""
+
     def private_apply(
         base: Path | None, patch: Path, out: Path, *, max_output_bytes: int | None = None
     ) -> None:
@@ -261,11 +263,11 @@ def test_models_from_delta_and_full_download_are_both_world_readable(tmp_path):
     old, new = os.urandom(20_000), os.urandom(20_000)
     h.installer.install(plan_for(h.files.add("m/1.onnx", old), "1"))
     full = tmp_path / "current" / "model.onnx"
-    assert full.stat().st_mode & 0o777 == 0o644
+    assert full.stat().st_mode & 0o777 == 0o600
     patch = h.files.add("m/1-2.patch", make_patch(old, new))
     outcome = h.installer.install(
         plan_for(h.files.add("m/2.onnx", new), "2", delta=patch, delta_base_sha256=sha(old))
     )
     assert outcome.status is ReportStatus.COMMITTED and outcome.used_delta
     assert full.read_bytes() == new
-    assert full.stat().st_mode & 0o777 == 0o644
+    assert full.stat().st_mode & 0o777 == 0o600
