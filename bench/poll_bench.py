@@ -120,6 +120,7 @@ def prepare(home: Path, devices: int, working_set: int) -> list[tuple[str, str]]
     artifact = home / "model.onnx"
     artifact.write_bytes(os.urandom(256 * 1024))
     release = publish_release(
+        artifact_format="raw",
         factory=ctx.sessions,
         blobs=ctx.blobs,
         repository=ctx.repository,

@@ -353,6 +353,9 @@ def release_publish(
     ] = None,
     mlflow_run_id: Annotated[str | None, typer.Option(help="MLflow run that trained it.")] = None,
     data_fingerprint: Annotated[str | None, typer.Option(help="Training data fingerprint.")] = None,
+    allow_non_onnx: Annotated[
+        bool, typer.Option(help="Publish any bytes; by default the artifact must pass ONNX's checker.")
+    ] = False,
 ) -> None:
     """Publish an artifact as a signed release (idempotent) and build deltas from earlier releases."""
     from ota.server.releases import publish_release
@@ -373,6 +376,7 @@ def release_publish(
             mlflow_run_id=mlflow_run_id,
             data_fingerprint=data_fingerprint,
             temp_dir=ctx.settings.temp_dir,
+            artifact_format="raw" if allow_non_onnx else "onnx",
         )
         ctx.close()
     word = "published" if result.created else "already published"

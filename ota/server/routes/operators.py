@@ -6,7 +6,7 @@ Every state-changing operator action writes an audit entry in the same transacti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
@@ -180,6 +180,9 @@ async def publish(
     selftest_sha256: Annotated[str | None, Query(pattern=SHA256_PATTERN.pattern)] = None,
     mlflow_run_id: Annotated[str | None, Query(max_length=128)] = None,
     data_fingerprint: Annotated[str | None, Query(max_length=128)] = None,
+    artifact_format: Annotated[
+        Literal["onnx", "raw"], Query(description="raw: any bytes (audited)")
+    ] = "onnx",
 ) -> PublishPublic:
     """Publish the request body (the artifact bytes) as a release; idempotent (release scope).
 
@@ -214,6 +217,7 @@ async def publish(
             mlflow_run_id=mlflow_run_id,
             data_fingerprint=data_fingerprint,
             temp_dir=ctx.settings.temp_dir,
+            artifact_format=artifact_format,
         )
     if result.created:
         with ctx.sessions() as session:

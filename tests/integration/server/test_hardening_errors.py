@@ -105,7 +105,13 @@ def test_nul_in_text_fields_is_422_on_every_backend(backend: dict[str, Any]) -> 
         client.get("/v1/rollouts/r%00", headers=admin),
         client.put(
             "/v1/releases",
-            params={"model": "m", "version": "1", "profile": "p", "source_uri": "s3://x\x00y"},
+            params={
+                "model": "m",
+                "version": "1",
+                "profile": "p",
+                "source_uri": "s3://x\x00y",
+                "artifact_format": "raw",
+            },
             content=b"x",
             headers=admin,
         ),

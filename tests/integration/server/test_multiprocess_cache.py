@@ -73,7 +73,7 @@ def test_change_through_one_server_reaches_the_other(tmp_path: Path, pg_url: str
         for version in ("1", "2"):
             answer = http_a.put(
                 "/v1/releases",
-                params={"model": "m", "version": version, "profile": "cpu-generic"},
+                params={"model": "m", "version": version, "profile": "cpu-generic", "artifact_format": "raw"},
                 content=f"model {version}".encode() * 100,
                 headers=a.admin,
             )

@@ -48,7 +48,13 @@ def stage(http: httpx.Client, server: LiveServer, data: bytes) -> httpx.Response
 def publish(
     http: httpx.Client, server: LiveServer, data: bytes, version: str, **extra: str
 ) -> httpx.Response:
-    params = {"model": "digits", "version": version, "profile": "cpu-generic", **extra}
+    params = {
+        "model": "digits",
+        "version": version,
+        "profile": "cpu-generic",
+        "artifact_format": "raw",
+        **extra,
+    }
     return http.put("/v1/releases", params=params, content=data, headers=server.admin | OCTET)
 
 

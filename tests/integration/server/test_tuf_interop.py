@@ -32,6 +32,7 @@ def run_interop(server: LiveServer, tmp_path: Path) -> None:
                     "version": version,
                     "profile": "cpu-generic",
                     "source_uri": "models:/d/1",
+                    "artifact_format": "raw",
                 },
                 content=data,
                 headers=server.admin | {"Content-Type": "application/octet-stream"},

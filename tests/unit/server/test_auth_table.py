@@ -65,7 +65,7 @@ def world(shared: tuple[ServerContext, TestClient]) -> dict[str, Any]:
         devices[name] = device
     published = client.put(
         "/v1/releases",
-        params={"model": "m", "version": "1", "profile": "cpu-generic"},
+        params={"model": "m", "version": "1", "profile": "cpu-generic", "artifact_format": "raw"},
         content=b"artifact-bytes",
         headers=admin,
     ).json()

@@ -72,7 +72,10 @@ def test_unknown_ids_are_404(client: TestClient, admin: dict) -> None:
 def test_target_range_requests(client: TestClient, admin: dict) -> None:
     data = bytes(range(256)) * 40
     published = client.put(
-        "/v1/releases", params={"model": "m", "version": "1", "profile": "p"}, content=data, headers=admin
+        "/v1/releases",
+        params={"model": "m", "version": "1", "profile": "p", "artifact_format": "raw"},
+        content=data,
+        headers=admin,
     ).json()["release"]
     url = f"/tuf/targets/{published['sha256']}.{published['target_name']}"
     assert client.get(url).content == data

@@ -15,7 +15,7 @@ from ota.server.testing import SimDevice
 def publish(client: TestClient, headers: dict[str, str], data: bytes, version: str) -> dict:
     answer = client.put(
         "/v1/releases",
-        params={"model": "digits", "version": version, "profile": "cpu-generic"},
+        params={"model": "digits", "version": version, "profile": "cpu-generic", "artifact_format": "raw"},
         content=data,
         headers=headers | {"Content-Type": "application/octet-stream"},
     )

@@ -24,7 +24,7 @@ def audit_actions(ctx: ServerContext, subject: str) -> list[str]:
 def publish_and_roll_out(client: TestClient, admin: dict[str, str]) -> dict:
     answer = client.put(
         "/v1/releases",
-        params={"model": "net", "version": "1", "profile": "cpu-generic"},
+        params={"model": "net", "version": "1", "profile": "cpu-generic", "artifact_format": "raw"},
         content=b"model-one" * 100,
         headers=admin | {"Content-Type": "application/octet-stream"},
     )

@@ -34,6 +34,7 @@ def publish(ctx: ServerContext, tmp_path: Path, version: str) -> str:
     artifact = tmp_path / f"model-{version}.onnx"
     artifact.write_bytes(f"model {version} ".encode() * 50)
     result = publish_release(
+        artifact_format="raw",
         factory=ctx.sessions,
         blobs=ctx.blobs,
         repository=ctx.repository,

@@ -25,7 +25,7 @@ def test_api_answers_carry_security_headers_and_no_store(
     device.login(client)
     published = client.put(
         "/v1/releases",
-        params={"model": "m", "version": "1", "profile": "p"},
+        params={"model": "m", "version": "1", "profile": "p", "artifact_format": "raw"},
         content=b"m" * 100,
         headers=admin,
     )
@@ -47,7 +47,7 @@ def test_api_answers_carry_security_headers_and_no_store(
 def test_tuf_answers_keep_their_cacheable_cache_control(client: TestClient, admin: dict) -> None:
     release = client.put(
         "/v1/releases",
-        params={"model": "m", "version": "1", "profile": "p"},
+        params={"model": "m", "version": "1", "profile": "p", "artifact_format": "raw"},
         content=b"m" * 100,
         headers=admin,
     ).json()["release"]

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -20,7 +21,7 @@ from ota.server.cli import release_app
 from ota.server.context import ServerContext, build_context
 from ota.server.db import transaction
 from ota.server.errors import ConflictError, InvalidRequestError
-from ota.server.models import Delta, Release
+from ota.server.models import AuditEntry, Delta, Release
 from ota.server.releases import (
     fetch_staged_selftest,
     publish_release,
@@ -47,6 +48,7 @@ def test_vectors_are_a_target_named_by_the_model_target(ctx: ServerContext, tmp_
     with transaction(ctx.sessions) as session:
         before = ctx.repository.latest_version(session, "targets")
     result = publish_release(
+        artifact_format="raw",
         factory=ctx.sessions,
         blobs=ctx.blobs,
         repository=ctx.repository,
@@ -74,6 +76,7 @@ def test_vectors_are_a_target_named_by_the_model_target(ctx: ServerContext, tmp_
 
     with pytest.raises(ConflictError):
         publish_release(
+            artifact_format="raw",
             factory=ctx.sessions,
             blobs=ctx.blobs,
             repository=ctx.repository,
@@ -93,6 +96,7 @@ def test_bad_vectors_are_refused(ctx: ServerContext, tmp_path: Path) -> None:
             stage_selftest(ctx.blobs, tmp_path / name)
         with pytest.raises(InvalidRequestError):
             publish_release(
+                artifact_format="raw",
                 factory=ctx.sessions,
                 blobs=ctx.blobs,
                 repository=ctx.repository,
@@ -119,6 +123,7 @@ def test_staging_round_trips_and_is_content_addressed(ctx: ServerContext, tmp_pa
 def test_same_bytes_under_a_new_version_reuse_the_delta(ctx: ServerContext, tmp_path: Path) -> None:
     def publish(version: str, text: str, vectors: bytes) -> None:
         publish_release(
+            artifact_format="raw",
             factory=ctx.sessions,
             blobs=ctx.blobs,
             repository=ctx.repository,
@@ -156,6 +161,7 @@ def test_cli_publish_with_selftest(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         str(npz(tmp_path / "v.npz", b"cli-vectors")),
         "--mlflow-run-id",
         "run-9",
+        "--allow-non-onnx",
     ]
     first = CliRunner().invoke(command, args)
     assert first.exit_code == 0, first.output
@@ -171,3 +177,50 @@ def test_cli_publish_with_selftest(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         release = session.scalars(select(Release)).one()
         assert (release.selftest_target, release.mlflow_run_id) == ("m-1-cpu.selftest.npz", "run-9")
     ctx.close()
+
+
+def _tiny_onnx() -> bytes:
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.arange(40, dtype=np.float32).reshape(4, 10)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+        initializer=[numpy_helper.from_array(weights, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize("cut", [1, 20, 0.5, -1])
+def test_a_truncated_onnx_model_is_refused_and_raw_is_an_explicit_audited_choice(
+    client: TestClient, ctx: ServerContext, admin: dict[str, str], cut: float
+) -> None:
+    """Issue 9: any bytes, even a truncated ONNX file, used to be published and signed as a model."""
+    model = _tiny_onnx()
+    end = int(len(model) * cut) if isinstance(cut, float) else cut if cut > 0 else len(model) + cut
+    headers = admin | {"Content-Type": "application/octet-stream"}
+    params = {"model": "m", "version": "1", "profile": "p"}
+    refused = client.put("/v1/releases", params=params, content=model[:end], headers=headers)
+    assert refused.status_code == 422, refused.text
+    assert "not a valid ONNX model" in refused.json()["message"]
+    assert client.get("/v1/releases", headers=admin).json() == []
+    accepted = client.put("/v1/releases", params=params, content=model, headers=headers)
+    assert accepted.status_code == 201, accepted.text
+    raw = client.put(
+        "/v1/releases",
+        params={**params, "version": "2", "artifact_format": "raw"},
+        content=model[:end],
+        headers=headers,
+    )
+    assert raw.status_code == 201, raw.text
+    with ctx.sessions() as session:
+        formats = [
+            e.details["artifact_format"]
+            for e in session.scalars(select(AuditEntry).where(AuditEntry.action == "release.publish"))
+        ]
+    assert formats == ["onnx", "raw"]

@@ -72,6 +72,9 @@ def test_cli_publish_and_rollout(cli_env: Path) -> None:
     artifact = cli_env / "m.onnx"
     artifact.write_bytes(b"weights" * 100)
     args = ["publish", "--artifact", str(artifact), "--model", "m", "--version", "1", "--profile", "cpu"]
+    refused = CliRunner().invoke(typer.main.get_command(release_app), args)
+    assert refused.exit_code == 1 and "not a valid ONNX model" in refused.output
+    args.append("--allow-non-onnx")
     assert "published rel-" in invoke(release_app, *args)
     assert "already published" in invoke(release_app, *args)
     artifact.write_bytes(b"other" * 100)

@@ -35,7 +35,10 @@ ROWS = [
 @pytest.fixture
 def target_url(client: TestClient, admin: dict) -> str:
     published = client.put(
-        "/v1/releases", params={"model": "m", "version": "1", "profile": "p"}, content=DATA, headers=admin
+        "/v1/releases",
+        params={"model": "m", "version": "1", "profile": "p", "artifact_format": "raw"},
+        content=DATA,
+        headers=admin,
     ).json()["release"]
     return f"/tuf/targets/{published['sha256']}.{published['target_name']}"
 

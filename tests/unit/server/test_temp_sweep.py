@@ -86,7 +86,7 @@ def test_uploads_work_in_the_swept_folder(
     with TestClient(create_app(ctx=ctx)) as client:
         answer = client.put(
             "/v1/releases",
-            params={"model": "m", "version": "1", "profile": "p"},
+            params={"model": "m", "version": "1", "profile": "p", "artifact_format": "raw"},
             content=b"m" * 10,
             headers=admin,
         )
