@@ -193,3 +193,33 @@ def test_reports_from_outside_the_cohort_or_a_rejected_device_do_not_count(
             assert victim.poll(http).status_code == 403
         now = status(server, http, rollout["id"])
         assert (now["state"], now["failed"]) == ("running", 0)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_revocation_takes_effect_at_once_on_both_databases(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Operator, provisioning and device credentials revoked over the API (issue 9, defect 3)."""
+    with server_on(database, tmp_path, request) as server, server.client() as http:
+        created = http.post("/v1/tokens", json={"name": "ci", "scopes": ["read"]}, headers=server.admin)
+        assert created.status_code == 201, created.text
+        reader = {"Authorization": f"Bearer {created.json()['token']}"}
+        assert http.get("/v1/releases", headers=reader).status_code == 200
+        assert http.post(f"/v1/tokens/{created.json()['id']}/revoke", headers=server.admin).status_code == 200
+        assert http.get("/v1/releases", headers=reader).status_code == 401
+
+        device = enrol_fleet(server, http, 1)[0]
+        provisioning_id = server.provisioning_token.split("_")[1]
+        assert http.post(f"/v1/tokens/{provisioning_id}/revoke", headers=server.admin).status_code == 200
+        assert SimDevice("late-device").enrol(http, server.provisioning_token).status_code == 401
+
+        publish(server, http, "1")
+        assert device.poll(http).status_code == 200  # accepted (no rollout yet: an empty assignment)
+        revoked = http.post(
+            f"/v1/devices/{device.device_id}/revoke", json={"reason": "lost"}, headers=server.admin
+        )
+        assert revoked.status_code == 200 and revoked.json()["state"] == "revoked"
+        assert device.poll(http).status_code == 403
+        assert device.report(http, ReportStatus.COMMITTED).status_code == 403
+        audit = {e["action"] for e in http.get("/v1/audit", headers=server.admin).json()}
+        assert {"token.revoke", "provisioning.revoke", "device.revoke"} <= audit
