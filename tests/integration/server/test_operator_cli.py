@@ -228,3 +228,23 @@ def test_read_only_commands_create_nothing(tmp_path: Path, with_token: bool) -> 
         else:
             assert "EDGEFLEET_OPERATOR_TOKEN" in message and dead in message, message
         assert list(folder.iterdir()) == [], (args, list(folder.iterdir()))
+
+
+def test_re_enrolment_repairs_a_wrong_stored_url(tmp_path: Path) -> None:
+    """A device enrolled while the server advertised a wrong URL gets the right one by enrolling again
+    once the server is fixed (same id and key; its admission state is kept)."""
+    port = free_port()
+    device = SimDevice("dev-moved")
+    wrong = settings_for(tmp_path, port=port, public_base_url="http://127.0.0.1:8000")
+    assert wrong.public_url_mismatch() is not None  # `server run` logs this at start
+    with live_server(wrong) as served, served.client() as client:
+        first = device.enrol(client, served.provisioning_token)
+        token = served.provisioning_token
+    assert first.json()["metadata_url"] == "http://127.0.0.1:8000/tuf/metadata/"
+    with (
+        live_server(settings_for(tmp_path, port=port, public_base_url="")) as served,
+        served.client() as client,
+    ):
+        again = device.enrol(client, token)
+    assert again.status_code == 201, again.text
+    assert again.json()["metadata_url"] == f"http://127.0.0.1:{port}/tuf/metadata/"

@@ -83,3 +83,20 @@ def test_an_explicit_public_url_wins_and_a_port_mismatch_is_named(tmp_path: Path
     assert warning is not None and "port 8000" in warning and "port 18123" in warning
     https = load_settings(home=tmp_path, port=443, public_base_url="https://ota.example")
     assert https.public_url_mismatch() is None
+
+
+def test_migrate_says_what_it_did_and_bootstrap_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner as TyperRunner
+
+    from ota.cli import app
+
+    monkeypatch.setenv("EDGEFLEET_HOME", str(tmp_path / "home"))
+    first = TyperRunner().invoke(app, ["server", "migrate"])
+    assert first.exit_code == 0 and "created the schema at revision 0002" in first.output, first.output
+    again = TyperRunner().invoke(app, ["server", "migrate"])
+    assert again.exit_code == 0 and "already at revision 0002" in again.output, again.output
+    token = TyperRunner().invoke(app, ["server", "bootstrap-token"])
+    assert token.exit_code == 0 and token.stdout.strip().splitlines()[-1].startswith("efo_"), token.output
+    assert TyperRunner().invoke(app, ["--version"]).output.startswith("edgefleet ")
