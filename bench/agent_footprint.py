@@ -35,8 +35,8 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ota.client.api import OperatorClient as OtaApi  # noqa: E402
 from pipelines.demo import ota_server  # noqa: E402
-from registry.trace import OtaApi  # noqa: E402
 
 PROFILE = "bench-cpu"
 
@@ -111,7 +111,7 @@ def child(python: str, mode: str, url: str, state_dir: Path, token: str) -> dict
 def wait_settled(api: OtaApi, timeout_s: float = 60.0) -> None:
     """Wait until no rollout is running (the server completes them on its background tick)."""
     deadline = time.monotonic() + timeout_s
-    while any(r["state"] in {"running", "paused"} for r in api.rollouts()):
+    while any(r.state in {"running", "paused"} for r in api.rollouts()):
         if time.monotonic() > deadline:
             raise SystemExit("a rollout did not settle")
         time.sleep(0.2)
@@ -128,9 +128,9 @@ def measure(python: str, tmp: Path, v1: bytes, v2: bytes) -> list[tuple[str, dic
         for label, artifact, version in (("full install", v1, "1"), ("delta install", v2, "2")):
             release = api.publish_release(
                 artifact, model="footprint", version=version, profile=PROFILE, source_uri=f"bench:{version}"
-            )["release"]
+            ).release
             wait_settled(api)
-            api.start_rollout({"release_id": release["id"], "phases": [{"percent": 100}]})
+            api.start_rollout({"release_id": release.id, "phases": [{"percent": 100}]})
             result = child(python, "install", server.url, state, server.provisioning_token)
             if result["outcomes"][-1] != "installed":
                 raise SystemExit(f"{label}: the agent did not install: {result}")

@@ -36,8 +36,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ota.client.api import OperatorClient as OtaApi
 from pipelines.demo import DemoOptions, RunningServer, drive_fleet, ota_server
-from registry.trace import OtaApi
 
 PROFILE = "bench-cpu"
 PHASES = [1, 10, 50, 100]
@@ -101,9 +101,9 @@ def roll_out(
     """
     release = api.publish_release(
         artifact, model="bench", version=version, profile=PROFILE, source_uri=f"bench:{version}"
-    )["release"]
+    ).release
     body = {
-        "release_id": release["id"],
+        "release_id": release.id,
         "phases": [{"percent": p, "min_soak_seconds": 0, "min_reports": 1} for p in phases],
         "failure_threshold": 0.2,
     }
@@ -120,7 +120,7 @@ def roll_out(
         options,
         profile=PROFILE,
         fleet_dir=fleet_dir,
-        rollout_id=rollout["id"],
+        rollout_id=rollout.id,
         expect_version=version,
     )
     return time.monotonic() - started, summary

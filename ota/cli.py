@@ -8,7 +8,7 @@ never loads training or server code, and ``edgefleet --help`` stays fast.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 import typer.main
@@ -20,14 +20,20 @@ GROUPS: dict[str, tuple[str, str]] = {
     "stack": ("pipelines.cli:stack_app", "Register and activate the ZenML stack (local or remote MLflow)."),
     "pipeline": ("pipelines.cli:pipeline_app", "Summarise training pipeline runs (variants, versions)."),
     "models": ("registry.cli:models_app", "List, compare, promote and roll back model versions."),
-    "trace": ("registry.trace_cli:trace", "Trace a device's model back to its data, code and teacher."),
+    "trace": (
+        "registry.trace_cli:trace",
+        "Trace a device's model back to its data, code and teacher (over the API).",
+    ),
     "delta": ("ota.core.cli:delta_app", "Make, apply and inspect model-aware delta patches."),
-    "server": ("ota.server.cli:server_app", "Run and migrate the OTA server."),
-    "keys": ("ota.server.cli:keys_app", "Create and rotate the TUF and director keys."),
-    "tokens": ("ota.server.cli:tokens_app", "Create and revoke operator API tokens."),
-    "devices": ("ota.server.cli:devices_app", "List devices; accept, reject or revoke them."),
-    "release": ("ota.server.cli:release_app", "Publish model artifacts as signed releases."),
-    "rollout": ("ota.server.cli:rollout_app", "Start, watch, pause, resume and abort rollouts."),
+    "server": (
+        "ota.server.cli:server_app",
+        "Run and migrate the OTA server; the first admin token (server host, database).",
+    ),
+    "keys": ("ota.server.cli:keys_app", "Create and rotate the TUF and director keys (server host)."),
+    "tokens": ("ota.client.cli:tokens_app", "Create, list and revoke API and provisioning tokens (API)."),
+    "devices": ("ota.client.cli:devices_app", "List and show devices; accept, reject or revoke them (API)."),
+    "release": ("ota.client.cli:release_app", "Publish model artifacts as signed releases (API)."),
+    "rollout": ("ota.client.cli:rollout_app", "Start, watch, pause, resume and abort rollouts (API)."),
     "agent": ("ota.edge.cli:agent_app", "Run the edge agent on this device."),
     "fleet": ("ota.edge.cli:fleet_app", "Simulate a fleet of agents against a server."),
 }
@@ -93,8 +99,28 @@ app = typer.Typer(
 )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgefleet")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgefleet {_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def root() -> None:
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
     """EdgeFleet: train, distil, quantize and register models, then ship them over the air."""
 
 

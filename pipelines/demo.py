@@ -51,6 +51,8 @@ from pipelines.paths import configure_environment, default_tracking_uri, edgefle
 
 configure_environment()
 
+from ota.client.api import OperatorClient  # noqa: E402
+from ota.client.config import OPERATOR_TOKEN_ENV, SERVER_ENV  # noqa: E402
 from ota.edge.fleet import FleetOptions, FleetSummary, simulate_fleet  # noqa: E402
 from ota.server.status_cli import RolloutReport, render_report, rollout_report  # noqa: E402
 from pipelines.summary import print_summary as print_training_summary  # noqa: E402
@@ -60,14 +62,7 @@ from registry.fetch import VersionFacts, check_weights, fetch_model, version_fac
 from registry.lineage import Lineage  # noqa: E402
 from registry.promotion import PRODUCTION_ALIAS, promote, rollback  # noqa: E402
 from registry.store import client_for, register_variant, version_metrics  # noqa: E402
-from registry.trace import (  # noqa: E402
-    OPERATOR_TOKEN_ENV,
-    SERVER_URL_ENV,
-    OtaApi,
-    TraceChain,
-    render_trace,
-    trace_device,
-)
+from registry.trace import TraceChain, render_trace, trace_device  # noqa: E402
 
 # Wide enough for the summary tables when output goes to a pipe or a CI log rather than a terminal.
 console = Console(width=None if Console().is_terminal else 160)
@@ -549,19 +544,19 @@ def drive_fleet(
     Raises:
         DemoError: The rollout did not settle within ``phase_timeout_s``.
     """
-    api = OtaApi(base_url=server.url, token=server.operator_token)
+    api = OperatorClient(base_url=server.url, token=server.operator_token)
     sha_of_version: dict[str, str] = {}
 
     def settled() -> bool:
         rollout = api.rollout(rollout_id)
-        if rollout["state"] not in TERMINAL_STATES:
+        if rollout.state not in TERMINAL_STATES:
             return False
         if not sha_of_version:
             for release in api.releases():
-                sha_of_version.setdefault(str(release["version"]), str(release["sha256"]))
+                sha_of_version.setdefault(release.version, release.sha256)
         wanted = sha_of_version.get(expect_version)
         devices = api.devices()
-        return len(devices) == options.devices and all(d.get("current_sha256") == wanted for d in devices)
+        return len(devices) == options.devices and all(d.current_sha256 == wanted for d in devices)
 
     try:
         summary = simulate_fleet(
@@ -594,11 +589,11 @@ def latest_rollout_id(server: RunningServer, release_version: str) -> str:
     Raises:
         DemoError: None found (the release pipeline did not start one).
     """
-    with OtaApi(base_url=server.url, token=server.operator_token) as api:
-        versions = {r["id"]: str(r["version"]) for r in api.releases()}
+    with OperatorClient(base_url=server.url, token=server.operator_token) as api:
+        versions = {r.id: r.version for r in api.releases()}
         for rollout in api.rollouts():
-            if versions.get(rollout["release_id"]) == release_version:
-                return str(rollout["id"])
+            if versions.get(rollout.release_id) == release_version:
+                return rollout.id
     raise DemoError(f"no rollout of version {release_version} on the server")
 
 
@@ -645,7 +640,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
 
     _stage("3/8 start the OTA server")
     with ota_server(home / "ota") as server:
-        os.environ[SERVER_URL_ENV] = server.url
+        os.environ[SERVER_ENV] = server.url
         os.environ[OPERATOR_TOKEN_ENV] = server.operator_token
 
         def release_and_roll_out(label: str, version: str, *, settle_on: str) -> str:
@@ -715,7 +710,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
             write_json(summary.to_json(), work / "summary.json")
         finally:
             os.environ.pop(OPERATOR_TOKEN_ENV, None)
-            os.environ.pop(SERVER_URL_ENV, None)
+            os.environ.pop(SERVER_ENV, None)
     print_summary(summary, elapsed_s=time.monotonic() - started)
     return summary
 
@@ -724,20 +719,18 @@ def collect(summary: DemoSummary, server: RunningServer, *, tracking_uri: str) -
     """Fill the summary from the stores: devices' versions, rollout reports, a trace, the aliases.
 
     Raises:
-        OtaApiError: The server refused.
+        ClientError: The server refused (ota.client.errors).
         TraceError: The traced device's chain is broken.
     """
     from ota.server.context import build_context
     from ota.server.settings import load_settings
 
-    with OtaApi(base_url=server.url, token=server.operator_token) as api:
-        version_of_sha = {str(r["sha256"]): str(r["version"]) for r in api.releases()}
-        devices = sorted(api.devices(), key=lambda d: str(d["id"]))
-        summary.device_versions = {
-            str(d["id"]): version_of_sha.get(str(d.get("current_sha256")), "-") for d in devices
-        }
+    with OperatorClient(base_url=server.url, token=server.operator_token) as api:
+        version_of_sha = {r.sha256: r.version for r in api.releases()}
+        devices = api.devices()
+        summary.device_versions = {d.id: version_of_sha.get(d.current_sha256 or "", "-") for d in devices}
         if devices:
-            summary.trace = trace_device(str(devices[0]["id"]), api=api, tracking_uri=tracking_uri)
+            summary.trace = trace_device(devices[0].id, api=api, tracking_uri=tracking_uri)
     ctx = build_context(load_settings(home=server.home))
     try:
         with ctx.sessions() as session:

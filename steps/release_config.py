@@ -1,8 +1,8 @@
 """Parameters of the release pipeline (``configs/release*.yaml`` → ``parameters.config``), validated.
 
 Lives beside the release steps that read it. The server URL may be set here or in
-``$EDGEFLEET_SERVER_URL``; the operator token is read from ``$EDGEFLEET_OPERATOR_TOKEN`` only, so no
-secret is ever committed in a YAML file.
+``$EDGEFLEET_SERVER`` (or the older ``$EDGEFLEET_SERVER_URL``); the operator token is read from
+``$EDGEFLEET_OPERATOR_TOKEN`` only, so no secret is ever committed in a YAML file.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ml.config import DataConfig
+from registry.release_inputs import VectorsSpec
 
 
 class _Section(BaseModel):
@@ -26,6 +27,15 @@ class VectorsConfig(_Section):
     tolerance: float = Field(0.05, gt=0)
     min_top1_agreement: float = Field(1.0, ge=0, le=1)
     latency_budget_ms: float | None = Field(None, gt=0)
+
+    def spec(self) -> VectorsSpec:
+        """These settings as ``registry.release_inputs`` takes them."""
+        return VectorsSpec(
+            count=self.count,
+            tolerance=self.tolerance,
+            min_top1_agreement=self.min_top1_agreement,
+            latency_budget_ms=self.latency_budget_ms,
+        )
 
 
 class PhaseConfig(_Section):

@@ -15,8 +15,10 @@ from typing import Annotated, Any
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
+from ota.client.api import OperatorClient
+from ota.client.config import operator_token_from_env, server_url_from_env
 from registry.fetch import VersionFacts
-from registry.trace import OtaApi, operator_token_from_env, release_source_uri, server_url_from_env
+from registry.trace import release_source_uri
 from steps.release_config import ReleasePipelineConfig
 
 logger = get_logger(__name__)
@@ -48,42 +50,43 @@ def publish_releases(
         Per profile: release id, created flag, delta count, length, source and the vectors target.
 
     Raises:
-        OtaApiError: The server refused or is unreachable.
+        ClientError: The server refused or is unreachable (ota.client.errors).
         OSError: An artifact or vectors file cannot be read.
     """
     published: list[dict[str, Any]] = []
-    with OtaApi(base_url=server_url_from_env(config.server_url), token=operator_token_from_env()) as api:
+    server = server_url_from_env(config.server_url)
+    with OperatorClient(base_url=server, token=operator_token_from_env()) as api:
         for model in models:
             vectors_path = vectors.get(model["profile"])
             answer = api.publish_release(
-                Path(model["onnx_path"]).read_bytes(),
+                Path(model["onnx_path"]),
                 model=model["name"],
                 version=model["version"],
                 profile=model["profile"],
                 source_uri=source_uri_of(model),
-                selftest=Path(vectors_path).read_bytes() if vectors_path else None,
+                selftest=Path(vectors_path) if vectors_path else None,
                 mlflow_run_id=model.get("run_id"),
                 data_fingerprint=model.get("data_fingerprint"),
             )
-            release = answer["release"]
+            release = answer.release
             logger.info(
                 "%s v%s → release %s (%s, %d delta(s))",
                 model["name"],
                 model["version"],
-                release["id"],
-                "new" if answer["created"] else "already published",
-                len(answer["deltas"]),
+                release.id,
+                "new" if answer.created else "already published",
+                len(answer.deltas),
             )
             published.append(
                 {
                     "profile": model["profile"],
-                    "release_id": release["id"],
-                    "created": bool(answer["created"]),
-                    "deltas": len(answer["deltas"]),
-                    "length": int(release["length"]),
-                    "source_uri": release["source_uri"],
+                    "release_id": release.id,
+                    "created": answer.created,
+                    "deltas": len(answer.deltas),
+                    "length": release.length,
+                    "source_uri": release.source_uri,
                     "vectors": vectors.get(model["profile"], ""),
-                    "selftest_target": release.get("selftest_target") or "",
+                    "selftest_target": release.selftest_target or "",
                 }
             )
     log_metadata({"releases": {r["profile"]: r["release_id"] for r in published}})

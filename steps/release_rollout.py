@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-from registry.trace import OtaApi, operator_token_from_env, server_url_from_env
+from ota.client.api import OperatorClient
+from ota.client.config import operator_token_from_env, server_url_from_env
 from steps.release_config import ReleasePipelineConfig
 
 logger = get_logger(__name__)
@@ -36,14 +37,15 @@ def start_rollouts(
     if not config.start_rollout:
         return []
     started: list[dict[str, Any]] = []
-    with OtaApi(base_url=server_url_from_env(config.server_url), token=operator_token_from_env()) as api:
+    server = server_url_from_env(config.server_url)
+    with OperatorClient(base_url=server, token=operator_token_from_env()) as api:
         for release in releases:
             rollout = api.start_rollout(rollout_body(release["release_id"], config))
-            logger.info("rollout %s of %s: %s", rollout["id"], release["release_id"], rollout["state"])
+            logger.info("rollout %s of %s: %s", rollout.id, release["release_id"], rollout.state)
             started.append(
                 {
                     "profile": release["profile"],
-                    "rollout_id": rollout["id"],
+                    "rollout_id": rollout.id,
                     "release_id": release["release_id"],
                 }
             )

@@ -200,7 +200,7 @@ class RolloutPublic(BaseModel):
 
 
 class DevicePublic(BaseModel):
-    """A device as operators see it."""
+    """A device as operators see it; ``last_seen`` is its last accepted report (or admission change)."""
 
     model_config = ConfigDict(from_attributes=True)
     id: str
@@ -210,6 +210,28 @@ class DevicePublic(BaseModel):
     state: str
     current_sha256: str | None
     last_report_counter: int
+    last_seen: datetime | None = Field(default=None, validation_alias="updated_at")
+    created_at: datetime | None = None
+
+
+class DeviceReportPublic(BaseModel):
+    """One status report a device sent, as operators see it."""
+
+    counter: int
+    status: str
+    received_at: datetime
+    release_id: str | None
+    rollout_id: str | None
+    message: str | None
+
+
+class DeviceDetailPublic(BaseModel):
+    """A device, the release it runs (when a release holds its model) and its newest reports."""
+
+    device: DevicePublic
+    provisioning_token_id: str | None
+    installed_release: ReleasePublic | None
+    reports: list[DeviceReportPublic]
 
 
 class TokenInfo(BaseModel):

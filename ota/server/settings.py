@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +64,12 @@ def secret_weakness(secret: str) -> str | None:
     return None
 
 
+#: Bind addresses that listen on every interface: the URL devices use cannot be derived from them.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names the wildcard, binds nothing
+#: A Host header we are willing to echo back to the device that sent it: a name or address and a port.
+_HOST_HEADER = re.compile(r"^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
+
+
 def edgefleet_home() -> Path:
     """Return the state folder: ``$EDGEFLEET_HOME`` or ``./.edgefleet``."""
     return Path(os.environ.get("EDGEFLEET_HOME", ".edgefleet")).resolve()
@@ -79,7 +87,9 @@ class ServerSettings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_presign: bool = False
     key_dir: Path | None = None
-    public_base_url: str = "http://127.0.0.1:8000"
+    # The URL devices are told to use (enrolment answer: metadata and targets URLs). Empty (the default):
+    # derived from how the server was started, see advertised_base_url.
+    public_base_url: str = ""
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     migrate_on_start: bool = True
@@ -147,6 +157,49 @@ class ServerSettings(BaseSettings):
             self.rollout_min_soak_seconds if min_soak_seconds is None else min_soak_seconds,
             self.rollout_min_reports if min_reports is None else min_reports,
             self.rollout_min_success_ratio if min_success_ratio is None else min_success_ratio,
+        )
+
+    def advertised_base_url(self, request_host: str | None = None, scheme: str = "http") -> str:
+        """The base URL devices are told to use, without a trailing slash.
+
+        ``EDGEFLEET_PUBLIC_BASE_URL`` when set. Otherwise derived from how the server was started: the
+        bind host and port (``edgefleet server run --host/--port``, ``EDGEFLEET_HOST``/``EDGEFLEET_PORT``),
+        or, when it binds every interface (0.0.0.0, ::), the Host header of the request being answered
+        (the address the device itself reached us on; it is echoed only to that device).
+
+        Args:
+            request_host: The request's Host header, if any.
+            scheme: The request's scheme (used with the Host header only).
+        """
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        if self.host in WILDCARD_HOSTS:
+            if request_host and _HOST_HEADER.match(request_host):
+                return f"{scheme}://{request_host}"
+            host = "127.0.0.1"
+        else:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def public_url_mismatch(self) -> str | None:
+        """A warning when an explicit ``EDGEFLEET_PUBLIC_BASE_URL`` names another port than the bind port.
+
+        Returns None when the URL is derived, or agrees. A reverse proxy in front of the server can make a
+        different port right; the warning says so.
+        """
+        if not self.public_base_url:
+            return None
+        parts = urlsplit(self.public_base_url)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return f"EDGEFLEET_PUBLIC_BASE_URL={self.public_base_url!r} has an invalid port"
+        if port == self.port:
+            return None
+        return (
+            f"EDGEFLEET_PUBLIC_BASE_URL={self.public_base_url} names port {port}, but the server listens on "
+            f"port {self.port}: enrolling devices will be told the URL above. Unset it to derive the URL "
+            "from --host/--port (right unless a proxy forwards from another port)."
         )
 
     def default_phases(self) -> list[Phase]:

@@ -1,36 +1,32 @@
-"""``edgefleet rollout status [ID] [--watch]``: phases, device counts per status, failure rate against the
-abort threshold, bytes served as delta vs full, and the rollout's timeline from the audit log.
+"""The data behind ``edgefleet rollout status``: phases, device counts per status, failure rate against the
+abort threshold, bytes served as delta vs full (and what that saved) and the rollout's timeline.
 
-Mounted by ``ota/cli.py`` in place of ``ota.server.cli``'s older table-only ``status``. It reads the
-server's own database, like the other operator commands in ``ota.server.cli`` (the HTTP API exposes neither
-the threshold nor the per-report byte counts). :func:`rollout_report` is plain data, so the demo's summary
-and the tests read the same figures the command prints.
+Served at ``GET /v1/rollouts/{id}/report`` (``ota.server.routes.operators``); the command reads it through
+the operator API (``ota.client``) and renders it with ``ota.client.render.render_report`` (re-exported here
+for the demo's summary). :func:`rollout_report` is plain data, so the demo's summary and the tests read the
+same figures the command prints. Bytes saved come from ``ota.core.savings.bytes_saved``, the one
+definition every report uses.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from tuf.api.metadata import Metadata, Targets
 
+from ota.client.render import FINAL_STATES, render_report
 from ota.core.manifest import ReportStatus
-from ota.server.errors import NotFoundError, ServerError
+from ota.core.savings import bytes_saved
+from ota.server.errors import NotFoundError
 from ota.server.models import AuditEntry, Delta, Release, Rollout, RolloutDevice, StatusReportRow
 from ota.server.rollouts import counters
 from ota.server.tuf_repo import ImageRepository
 
-console = Console()
-FINAL_STATES = frozenset({"completed", "aborted", "rolled-back"})
+__all__ = ["FINAL_STATES", "RolloutReport", "TimelineEvent", "render_report", "rollout_ids", "rollout_report"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +52,9 @@ class RolloutReport:
             plus its self-test vectors (which every install downloads either way).
         delta_installs: Downloads completed from a delta.
         full_installs: Downloads completed as a full artifact.
+        saved_bytes: ``bytes_saved(delta + full, full_equivalent).saved_bytes`` (never negative).
+        saved_fraction: The same as a fraction of ``full_equivalent_bytes``.
+        overhead_bytes: Bytes downloaded beyond full-only (retries, resumes, fallbacks).
     """
 
     id: str
@@ -82,6 +81,9 @@ class RolloutReport:
     artifact_bytes: int
     selftest_bytes: int
     deltas_published: int
+    saved_bytes: int = 0
+    saved_fraction: float = 0.0
+    overhead_bytes: int = 0
     timeline: list[TimelineEvent] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -147,6 +149,8 @@ def rollout_report(session: Session, rollout_id: str) -> RolloutReport:
             select(AuditEntry).where(AuditEntry.subject == rollout_id).order_by(AuditEntry.id)
         )
     ]
+    full_equivalent = (delta_installs + full_installs) * (length + vectors)
+    savings = bytes_saved(delta_bytes + full_bytes, full_equivalent)
     return RolloutReport(
         id=rollout.id,
         release_id=rollout.release_id,
@@ -166,12 +170,15 @@ def rollout_report(session: Session, rollout_id: str) -> RolloutReport:
         min_reports_for_abort=rollout.min_reports_for_abort,
         delta_bytes=delta_bytes,
         full_bytes=full_bytes,
-        full_equivalent_bytes=(delta_installs + full_installs) * (length + vectors),
+        full_equivalent_bytes=full_equivalent,
         delta_installs=delta_installs,
         full_installs=full_installs,
         artifact_bytes=length,
         selftest_bytes=vectors,
         deltas_published=deltas,
+        saved_bytes=savings.saved_bytes,
+        saved_fraction=savings.saved_fraction,
+        overhead_bytes=savings.overhead_bytes,
         timeline=timeline,
     )
 
@@ -179,88 +186,3 @@ def rollout_report(session: Session, rollout_id: str) -> RolloutReport:
 def rollout_ids(session: Session) -> list[str]:
     """Every rollout id, oldest first."""
     return list(session.scalars(select(Rollout.id).order_by(Rollout.created_at)))
-
-
-def render_report(report: RolloutReport) -> Group:
-    """A rich renderable of one rollout (phases, statuses, failure rate, bytes, timeline)."""
-    phases = "  ".join(
-        f"[bold]{p:g}%[/bold]" if i == report.phase_index else f"{p:g}%" for i, p in enumerate(report.phases)
-    )
-    over = report.failure_rate > report.failure_threshold
-    rate = f"[{'red' if over else 'green'}]{report.failure_rate:.1%}[/]"
-    head = Table.grid(padding=(0, 2))
-    head.add_row("rollout", f"{report.id}  {report.model} v{report.version}  ({report.release_id})")
-    head.add_row("state", f"{report.state}" + (f"  — {report.reason}" if report.reason else ""))
-    head.add_row("phases", phases)
-    head.add_row(
-        "outcomes",
-        f"{report.succeeded} succeeded, {report.failed} failed, {report.in_progress} in progress; "
-        "failure rate "
-        f"{rate} vs threshold {report.failure_threshold:.1%} (after {report.min_reports_for_abort} reports)",
-    )
-    saved = (
-        1 - (report.delta_bytes + report.full_bytes) / report.full_equivalent_bytes
-        if report.full_equivalent_bytes
-        else 0.0
-    )
-    head.add_row(
-        "bytes",
-        f"delta {report.delta_bytes:,} B over {report.delta_installs} install(s), "
-        f"full {report.full_bytes:,} B over "
-        f"{report.full_installs}; full-only would be {report.full_equivalent_bytes:,} B (saved {saved:.1%})",
-    )
-    statuses = Table("status", "devices", title=None, box=None)
-    for status, count in report.statuses.items():
-        statuses.add_row(status, str(count))
-    timeline = Table("at (UTC)", "actor", "action", "state", "phase", "reason", box=None)
-    for event in report.timeline:
-        timeline.add_row(
-            event.at[11:19],  # the time of day; the date is the rollout's
-            event.actor,
-            event.action,
-            event.state or "",
-            "" if event.phase is None else str(event.phase),
-            event.reason or "",
-        )
-    return Group(head, statuses, timeline)
-
-
-def _reports(rollout_id: str | None) -> list[RolloutReport]:
-    from ota.server.context import build_context
-    from ota.server.settings import load_settings
-
-    ctx = build_context(load_settings())
-    try:
-        with ctx.sessions() as session:
-            ids = [rollout_id] if rollout_id else rollout_ids(session)
-            return [rollout_report(session, i) for i in ids]
-    finally:
-        ctx.close()
-
-
-def status(
-    rollout_id: Annotated[str | None, typer.Argument(help="Rollout id (default: every rollout).")] = None,
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh live until the rollout ends.")] = False,
-    interval: Annotated[float, typer.Option(min=0.2, help="Refresh period of --watch, seconds.")] = 1.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
-) -> None:
-    """Show phases, device counts per status, failure rate vs threshold, delta vs full bytes and timeline."""
-    try:
-        reports = _reports(rollout_id)
-        if as_json:
-            typer.echo(json.dumps([r.to_json() for r in reports], indent=1))
-            return
-        if not watch:
-            for report in reports:
-                console.print(render_report(report))
-            return
-        with Live(Group(*(render_report(r) for r in reports)), console=console, refresh_per_second=4) as live:
-            while not all(r.state in FINAL_STATES for r in reports):
-                time.sleep(interval)
-                reports = _reports(rollout_id)
-                live.update(Group(*(render_report(r) for r in reports)))
-    except ServerError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None

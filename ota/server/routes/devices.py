@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
@@ -52,8 +52,11 @@ def _require_accepted(device: Device) -> None:
 
 
 @router.post("/enrol", responses=ERRORS, status_code=201)
-def enrol(envelope: Envelope, ctx: ContextDep) -> JSONResponse:
+def enrol(envelope: Envelope, ctx: ContextDep, request: Request) -> JSONResponse:
     """Enrol a device: provisioning token + self-signed public key, hardware profile and tags.
+
+    The answer carries the metadata and targets URLs from ``settings.advertised_base_url`` on every call,
+    a device already enrolled included, so enrolling again repairs a device that stored a wrong URL.
 
     Raises:
         DocumentFormatError: The request is malformed.
@@ -64,44 +67,44 @@ def enrol(envelope: Envelope, ctx: ContextDep) -> JSONResponse:
     """
     with ctx.transaction() as session:
         raw = envelope.model_dump()
-        request = EnrolmentRequest.from_dict(raw["signed"])
-        key = key_from_dict(request.public_key)
+        enrolment = EnrolmentRequest.from_dict(raw["signed"])
+        key = key_from_dict(enrolment.public_key)
         verify_signed_request(raw, key, EnrolmentRequest)
-        token = find_provisioning_token(session, request.provisioning_token)
-        if token.group is not None and request.group not in (None, token.group):
+        token = find_provisioning_token(session, enrolment.provisioning_token)
+        if token.group is not None and enrolment.group not in (None, token.group):
             # A group-scoped token binds its devices to the group (auto-accept must not let one pick another).
             raise ForbiddenError(
                 f"this provisioning token enrols devices into group {token.group!r} only, "
-                f"not {request.group!r}"
+                f"not {enrolment.group!r}"
             )
-        device = session.get(Device, request.device_id)
+        device = session.get(Device, enrolment.device_id)
         if device is None:
             device = Device(
-                id=request.device_id,
+                id=enrolment.device_id,
                 public_key=key_to_dict(key),
                 keyid=key.keyid,
-                hardware_profile=request.hardware_profile,
-                hardware=request.hardware,
-                tags=list(request.tags),
-                group=request.group or token.group,
+                hardware_profile=enrolment.hardware_profile,
+                hardware=enrolment.hardware,
+                tags=list(enrolment.tags),
+                group=enrolment.group or token.group,
                 state=(AdmissionState.ACCEPTED if token.auto_accept else AdmissionState.PENDING).value,
                 provisioning_token_id=token.id,
             )
             session.add(device)
             session.add(
                 AuditEntry(
-                    actor=f"device:{request.device_id}",
+                    actor=f"device:{enrolment.device_id}",
                     action="device.enrol",
-                    subject=request.device_id,
+                    subject=enrolment.device_id,
                     details={"state": device.state, "provisioning_token": token.id},
                 )
             )
         elif device.keyid != key.keyid:
-            raise ConflictError(f"device {request.device_id} is enrolled with another key")
+            raise ConflictError(f"device {enrolment.device_id} is enrolled with another key")
         if device.state in _REFUSED:
-            raise ForbiddenError(f"device {request.device_id} was {device.state} by an operator")
+            raise ForbiddenError(f"device {enrolment.device_id} was {device.state} by an operator")
         root = ctx.repository.read(session, "root")
-        base = ctx.settings.public_base_url.rstrip("/")
+        base = ctx.settings.advertised_base_url(request.headers.get("host"), request.url.scheme)
         answer = EnrolmentResponse(
             device_id=device.id,
             state=AdmissionState(device.state),

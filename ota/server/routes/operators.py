@@ -5,6 +5,8 @@ Every state-changing operator action writes an audit entry in the same transacti
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,7 +28,16 @@ from ota.server.deps import (
 )
 from ota.server.errors import InvalidRequestError, NotFoundError
 from ota.server.housekeeping import upload_dir
-from ota.server.models import AuditEntry, Delta, Device, OperatorToken, ProvisioningToken, Release, Rollout
+from ota.server.models import (
+    AuditEntry,
+    Delta,
+    Device,
+    OperatorToken,
+    ProvisioningToken,
+    Release,
+    Rollout,
+    StatusReportRow,
+)
 from ota.server.releases import (
     NAME_PATTERN,
     SHA256_PATTERN,
@@ -40,7 +51,9 @@ from ota.server.routes.devices import ERRORS
 from ota.server.schemas import (
     AuditPublic,
     DeltaPublic,
+    DeviceDetailPublic,
     DevicePublic,
+    DeviceReportPublic,
     OperatorTokenCreate,
     OperatorTokenInfo,
     ProvisioningTokenCreate,
@@ -54,6 +67,7 @@ from ota.server.schemas import (
     TokenCreated,
     TokenInfo,
 )
+from ota.server.status_cli import rollout_report
 
 router = APIRouter(prefix="/v1", tags=["operators"], responses=ERRORS)
 NamePart = Annotated[str, Query(pattern=NAME_PATTERN.pattern, max_length=64)]
@@ -322,6 +336,18 @@ def get_rollout(rollout_id: str, operator: ReadOperator, ctx: ContextDep) -> Rol
         return _rollout_public(session, rollout)
 
 
+@router.get("/rollouts/{rollout_id}/report")
+def get_rollout_report(rollout_id: str, operator: ReadOperator, ctx: ContextDep) -> dict[str, Any]:
+    """What ``edgefleet rollout status`` shows: phases, counts per status, failure rate vs threshold, bytes
+    served as delta vs full and what that saved (``ota.core.savings``), and the timeline (read).
+
+    Raises:
+        NotFoundError: Unknown rollout.
+    """
+    with ctx.transaction() as session:
+        return asdict(rollout_report(session, rollout_id))
+
+
 @router.post("/rollouts/{rollout_id}/{action}")
 def act_on_rollout(
     rollout_id: str, action: RolloutEvent, operator: RolloutOperator, ctx: ContextDep
@@ -342,14 +368,98 @@ def list_devices(
     operator: ReadOperator,
     ctx: ContextDep,
     state: AdmissionState | None = None,
+    profile: Annotated[str | None, Query(max_length=64)] = None,
+    group: Annotated[str | None, Query(max_length=64)] = None,
+    sha256: Annotated[str | None, Query(pattern=SHA256_PATTERN.pattern)] = None,
+    version: Annotated[str | None, Query(max_length=64, description="installed release version")] = None,
+    seen_before: Annotated[datetime | None, Query(description="last report before (ISO-8601)")] = None,
+    seen_after: Annotated[datetime | None, Query(description="last report after (ISO-8601)")] = None,
+    after: Annotated[str | None, Query(max_length=64, description="last id of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> list[DevicePublic]:
-    """List devices, optionally by admission state (read)."""
+    """List devices by id, filtered, one page at a time (read).
+
+    Every filter is an indexed column (state, profile, group, installed sha256, last seen); ``version``
+    matches the devices that run any release of that version. Page with ``after`` = the last id of the
+    previous page (keyset paging: stable while devices enrol).
+    """
     with ctx.transaction() as session:
         query = select(Device).order_by(Device.id).limit(limit)
         if state is not None:
             query = query.where(Device.state == state.value)
+        if profile is not None:
+            query = query.where(Device.hardware_profile == profile)
+        if group is not None:
+            query = query.where(Device.group == group)
+        if sha256 is not None:
+            query = query.where(Device.current_sha256 == sha256)
+        if version is not None:
+            query = query.where(
+                Device.current_sha256.in_(select(Release.sha256).where(Release.version == version))
+            )
+        if seen_before is not None:
+            query = query.where(Device.updated_at < seen_before)
+        if seen_after is not None:
+            query = query.where(Device.updated_at > seen_after)
+        if after is not None:
+            query = query.where(Device.id > after)
         return [DevicePublic.model_validate(d) for d in session.scalars(query)]
+
+
+@router.get("/devices/{device_id}")
+def get_device(
+    device_id: Annotated[str, PathParam(max_length=64)],
+    operator: ReadOperator,
+    ctx: ContextDep,
+    reports: Annotated[int, Query(ge=0, le=1000)] = 20,
+) -> DeviceDetailPublic:
+    """Show one device: state, profile, group, tags, the release it runs and its newest reports (read).
+
+    Raises:
+        NotFoundError: Unknown device.
+    """
+    with ctx.transaction() as session:
+        device = session.get(Device, device_id)
+        if device is None:
+            raise NotFoundError(f"no device {device_id!r}")
+        installed = None
+        if device.current_sha256:
+            installed = session.scalars(
+                select(Release)
+                .where(Release.sha256 == device.current_sha256)
+                .order_by(Release.created_at.desc())
+                .limit(1)
+            ).first()
+        rows = session.scalars(
+            select(StatusReportRow)
+            .where(StatusReportRow.device_id == device_id)
+            .order_by(StatusReportRow.id.desc())
+            .limit(reports)
+        )
+        return DeviceDetailPublic(
+            device=DevicePublic.model_validate(device),
+            provisioning_token_id=device.provisioning_token_id,
+            installed_release=None if installed is None else ReleasePublic.model_validate(installed),
+            reports=[
+                DeviceReportPublic(
+                    counter=r.counter,
+                    status=r.status,
+                    received_at=r.received_at,
+                    release_id=r.release_id,
+                    rollout_id=r.rollout_id,
+                    message=_report_message(r.body),
+                )
+                for r in rows
+            ],
+        )
+
+
+def _report_message(body: dict[str, Any] | None) -> str | None:
+    details = (body or {}).get("details") or {}
+    for key in ("error", "reason", "message"):
+        if isinstance(details.get(key), str):
+            return str(details[key])[:500]
+    return None
 
 
 @router.post("/devices/{device_id}/admission/{decision}")

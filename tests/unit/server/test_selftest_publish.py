@@ -15,20 +15,17 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-from typer.testing import CliRunner
 
-from ota.server.cli import release_app
-from ota.server.context import ServerContext, build_context
+from ota.server.context import ServerContext
 from ota.server.db import transaction
 from ota.server.errors import ConflictError, InvalidRequestError
-from ota.server.models import AuditEntry, Delta, Release
+from ota.server.models import AuditEntry, Delta
 from ota.server.releases import (
     fetch_staged_selftest,
     publish_release,
     selftest_staging_key,
     stage_selftest,
 )
-from ota.server.settings import load_settings
 
 
 def npz(path: Path, payload: bytes) -> Path:
@@ -142,41 +139,6 @@ def test_same_bytes_under_a_new_version_reuse_the_delta(ctx: ServerContext, tmp_
         pairs = [(d.base_sha256, d.result_sha256) for d in session.scalars(select(Delta))]
     assert len(pairs) == len(set(pairs))
     assert len(pairs) == 3  # 1→2, 1→4, 2→4 (distinct bytes only)
-
-
-def test_cli_publish_with_selftest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EDGEFLEET_HOME", str(tmp_path / "home"))
-    command = release_app
-    args = [
-        "publish",
-        "--artifact",
-        str(model(tmp_path / "m.onnx", "cli ")),
-        "--model",
-        "m",
-        "--version",
-        "1",
-        "--profile",
-        "cpu",
-        "--selftest",
-        str(npz(tmp_path / "v.npz", b"cli-vectors")),
-        "--mlflow-run-id",
-        "run-9",
-        "--allow-non-onnx",
-    ]
-    first = CliRunner().invoke(command, args)
-    assert first.exit_code == 0, first.output
-    assert "self-test vectors: m-1-cpu.selftest.npz" in first.output
-    again = CliRunner().invoke(command, args)
-    assert again.exit_code == 0 and "already published" in again.output
-    # Other vectors for the same model version: refused with the typed error's message, exit code 1.
-    args[args.index("--selftest") + 1] = str(npz(tmp_path / "w.npz", b"other"))
-    conflict = CliRunner().invoke(command, args)
-    assert conflict.exit_code == 1 and "different self-test vectors" in conflict.output
-    ctx = build_context(load_settings())
-    with ctx.sessions() as session:
-        release = session.scalars(select(Release)).one()
-        assert (release.selftest_target, release.mlflow_run_id) == ("m-1-cpu.selftest.npz", "run-9")
-    ctx.close()
 
 
 def _tiny_onnx() -> bytes:

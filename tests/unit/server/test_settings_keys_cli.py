@@ -3,14 +3,10 @@ the CLI groups publish releases idempotently and manage tokens and rollouts on e
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import typer.main
-from click.testing import CliRunner
 
-from ota.server.cli import keys_app, release_app, rollout_app, tokens_app
 from ota.server.errors import ConfigError, KeyringError
 from ota.server.keys import ensure_keyring, init_keys, load_keyring
 from ota.server.settings import load_settings
@@ -53,55 +49,54 @@ def test_keys_are_private_and_k_of_n(tmp_path: Path) -> None:
         init_keys(tmp_path / "other", root_keys=1, root_threshold=2)
 
 
-@pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("EDGEFLEET_HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
-def invoke(app: typer.Typer, *args: str) -> str:
-    result = CliRunner().invoke(typer.main.get_command(app), list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def test_cli_publish_and_rollout(cli_env: Path) -> None:
-    invoke(keys_app, "init", "--root-keys", "2", "--root-threshold", "2")
-    token = invoke(tokens_app, "create", "--name", "ci", "--scope", "release").strip()
-    assert token.startswith("efo_")
-    artifact = cli_env / "m.onnx"
-    artifact.write_bytes(b"weights" * 100)
-    args = ["publish", "--artifact", str(artifact), "--model", "m", "--version", "1", "--profile", "cpu"]
-    refused = CliRunner().invoke(typer.main.get_command(release_app), args)
-    assert refused.exit_code == 1 and "not a valid ONNX model" in refused.output
-    args.append("--allow-non-onnx")
-    assert "published rel-" in invoke(release_app, *args)
-    assert "already published" in invoke(release_app, *args)
-    artifact.write_bytes(b"other" * 100)
-    result = CliRunner().invoke(typer.main.get_command(release_app), args)
-    assert result.exit_code == 1 and "already published with sha256" in result.output
-    from ota.server.context import build_context
-
-    ctx = build_context(load_settings())
-    with ctx.sessions() as session:
-        from sqlalchemy import select
-
-        from ota.server.models import Release
-
-        release_id = session.scalars(select(Release.id)).one()
-    ctx.close()
-    assert "started ro-" in invoke(rollout_app, "start", "--release", release_id, "--phases", "10,100")
-    status = json.loads(invoke(rollout_app, "status", "--json"))
-    assert status[0]["phases"][status[0]["phase_index"]] == 10 and status[0]["state"] == "running"
-    rollout_id = status[0]["id"]
-    assert "paused" in invoke(rollout_app, "pause", rollout_id)
-    result = CliRunner().invoke(typer.main.get_command(rollout_app), ["pause", rollout_id])
-    assert result.exit_code == 1 and "cannot pause" in result.output
-
-
 def test_rollout_phases_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGEFLEET_ROLLOUT_PHASES", "[5, 25, 100]")
     monkeypatch.setenv("EDGEFLEET_ROLLOUT_MIN_SOAK_SECONDS", "600")
     phases = load_settings(home=tmp_path).default_phases()
     assert [p.percent for p in phases] == [5, 25, 100]
     assert {p.min_soak_seconds for p in phases} == {600}
+
+
+# The operator commands (tokens, release, rollout) go through the API now: their CLI tests are
+# tests/integration/server/test_operator_cli.py, against a live server.
+
+
+def test_public_url_derives_from_the_bind_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGEFLEET_PUBLIC_BASE_URL", raising=False)
+    settings = load_settings(home=tmp_path, port=18123)
+    assert settings.public_base_url == ""  # the default: derived, never a fixed port
+    assert settings.advertised_base_url() == "http://127.0.0.1:18123"
+    assert settings.public_url_mismatch() is None
+    assert load_settings(home=tmp_path, host="10.0.0.5", port=9).advertised_base_url() == "http://10.0.0.5:9"
+    assert load_settings(home=tmp_path, host="::1", port=9).advertised_base_url() == "http://[::1]:9"
+    wildcard = load_settings(home=tmp_path, host="0.0.0.0", port=18123)
+    assert wildcard.advertised_base_url("ota.example:18123") == "http://ota.example:18123"
+    assert wildcard.advertised_base_url("evil/x?") == "http://127.0.0.1:18123"  # not a host[:port]
+    monkeypatch.setenv("EDGEFLEET_PORT", "18124")
+    assert load_settings(home=tmp_path).advertised_base_url() == "http://127.0.0.1:18124"
+
+
+def test_an_explicit_public_url_wins_and_a_port_mismatch_is_named(tmp_path: Path) -> None:
+    settings = load_settings(home=tmp_path, port=18123, public_base_url="http://ota.example:8000/")
+    assert settings.advertised_base_url("other:1") == "http://ota.example:8000"
+    warning = settings.public_url_mismatch()
+    assert warning is not None and "port 8000" in warning and "port 18123" in warning
+    https = load_settings(home=tmp_path, port=443, public_base_url="https://ota.example")
+    assert https.public_url_mismatch() is None
+
+
+def test_migrate_says_what_it_did_and_bootstrap_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner as TyperRunner
+
+    from ota.cli import app
+
+    monkeypatch.setenv("EDGEFLEET_HOME", str(tmp_path / "home"))
+    first = TyperRunner().invoke(app, ["server", "migrate"])
+    assert first.exit_code == 0 and "created the schema at revision 0002" in first.output, first.output
+    again = TyperRunner().invoke(app, ["server", "migrate"])
+    assert again.exit_code == 0 and "already at revision 0002" in again.output, again.output
+    token = TyperRunner().invoke(app, ["server", "bootstrap-token"])
+    assert token.exit_code == 0 and token.stdout.strip().splitlines()[-1].startswith("efo_"), token.output
+    assert TyperRunner().invoke(app, ["--version"]).output.startswith("edgefleet ")
