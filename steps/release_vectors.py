@@ -16,7 +16,7 @@ from zenml import step
 
 from ml.data import load_dataset, split
 from ota.edge.health import save_vectors
-from pipelines.paths import edgefleet_home
+from steps._runtime import edgefleet_home
 from steps.release_config import ReleasePipelineConfig
 
 
