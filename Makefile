@@ -22,7 +22,7 @@ export ZENML_LOGGING_COLORS_DISABLED := true
 export EDGEFLEET_HOME := $(STATE)
 export AUTO_OPEN_DASHBOARD := false
 
-.PHONY: setup run train test lint typecheck contracts unit integration e2e bench bench-tools clean
+.PHONY: setup activate-hook run train test lint typecheck contracts unit integration e2e bench bench-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[pipeline,server,edge,dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) activate-hook
 	$(BIN)/edgefleet stack init
+
+# `source .venv/bin/activate` then exports what the Makefile exports, so the README's commands typed in a
+# fresh shell (`zenml pipeline run ...`) use this project's ZenML store, never the home folder's. A variable
+# the shell already set wins. Idempotent: the block is added once.
+ACTIVATE_MARK := \# edgefleet: project-local state (added by make setup)
+activate-hook:
+	grep -qF '$(ACTIVATE_MARK)' $(BIN)/activate || printf '%s\n' \
+	  '' '$(ACTIVATE_MARK)' \
+	  ': "$${EDGEFLEET_HOME:=$(STATE)}"; export EDGEFLEET_HOME' \
+	  ': "$${ZENML_CONFIG_PATH:=$(STATE)/zenml}"; export ZENML_CONFIG_PATH' \
+	  ': "$${ZENML_ANALYTICS_OPT_IN:=false}"; export ZENML_ANALYTICS_OPT_IN' \
+	  ': "$${AUTO_OPEN_DASHBOARD:=false}"; export AUTO_OPEN_DASHBOARD' >> $(BIN)/activate
 
 # The full demo: training pipeline, promotion, OTA server, release pipeline, a fleet through staged rollouts,
 # a second version as deltas, a broken third version aborted and rolled back, then the summary.

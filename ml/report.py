@@ -8,8 +8,6 @@ version (see ARCHITECTURE.md). Inputs are plain values from ``evaluate``, ``benc
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,27 +22,8 @@ from matplotlib.figure import Figure
 
 from ml.benchmark import BenchmarkResult, ratios_to, render_variant_table
 from ml.errors import DataError
+from ml.files import write_atomic
 from ml.gates import Selection
-
-
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, then ``os.replace``.
-
-    Raises:
-        OSError: The folder cannot be created or written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _save(fig: Figure, path: Path) -> Path:

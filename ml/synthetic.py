@@ -26,7 +26,6 @@ import hashlib
 import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ml.errors import DataError
+from ml.files import write_atomic
 
 GENERATOR_VERSION = 1
 """Bump when the generation changes, so stale caches are not reused."""
@@ -323,17 +323,7 @@ def write_npz(
 
 
 def _atomic_write(target: Path, payload: bytes) -> None:
-    """Temp file in the same folder, fsync, then os.replace: readers never see a half-written file."""
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        Path(temp_name).replace(target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    write_atomic(target, payload)
 
 
 def cached_npz(folder: str | os.PathLike[str], n_per_class: int = DEFAULT_N_PER_CLASS, seed: int = 0) -> Path:

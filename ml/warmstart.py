@@ -23,7 +23,6 @@ its parent version was (:func:`student_plan`), so devices can take a small delta
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from torch.nn.utils import prune
 
 from ml.data import DataSplits
 from ml.errors import WarmStartError
+from ml.files import file_sha256
 from ml.nets import ConvNet, NetSpec, build_net
 
 CARD_FORMAT = "edgefleet.convnet/1"
@@ -153,11 +153,7 @@ class LoadedNet:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

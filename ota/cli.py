@@ -2,12 +2,16 @@
 
 The root sits in ``ota`` because ``ota`` is the one package every install profile runs (``pip install
 .[edge]`` on a vehicle included). Groups are imported only when invoked, so ``edgefleet agent ...``
-never loads training or server code, and ``edgefleet --help`` stays fast.
+never loads training or server code. The root's own help lists every group from ``GROUPS`` alone, without
+importing any of them: a group's module pulls in MLflow, ZenML, ONNX or FastAPI, and ``edgefleet --help``
+must stay fast (``tests/unit/cli/test_root_help.py`` pins that it imports none of them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -74,8 +78,31 @@ def _unavailable(name: str, help_text: str, reason: str) -> _click.Command:
     return TyperCommand(name=name, callback=fail, help=f"{help_text} [unavailable: {reason}]")
 
 
+def _listing_entry(name: str, help_text: str) -> _click.Command:
+    """What the root's help shows for a group: its name and one line, with nothing imported."""
+    return TyperCommand(name=name, callback=None, help=help_text)
+
+
 class LazyGroup(TyperGroup):
-    """The root group: sub-commands are imported on first use, and only the one invoked."""
+    """The root group: sub-commands are imported on first use, and only the one invoked.
+
+    Click (and typer's rich help) build a group's help by calling ``get_command`` for every listed name;
+    while the root formats its own help, ``get_command`` answers with a listing entry instead of importing.
+    """
+
+    _formatting_help = False
+
+    @contextlib.contextmanager
+    def _listing_only(self) -> Iterator[None]:
+        self._formatting_help = True
+        try:
+            yield
+        finally:
+            self._formatting_help = False
+
+    def format_help(self, ctx: _click.Context, formatter: _click.HelpFormatter) -> None:
+        with self._listing_only():
+            super().format_help(ctx, formatter)
 
     def list_commands(self, ctx: _click.Context) -> list[str]:
         return sorted(GROUPS)
@@ -84,6 +111,8 @@ class LazyGroup(TyperGroup):
         spec = GROUPS.get(cmd_name)
         if spec is None:
             return None
+        if self._formatting_help:
+            return _listing_entry(cmd_name, spec[1])
         try:
             return _load(cmd_name, spec[0])
         except ModuleNotFoundError as exc:

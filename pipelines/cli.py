@@ -1,7 +1,8 @@
 """``edgefleet stack`` and ``edgefleet pipeline``: the ZenML side of the CLI.
 
-ZenML reads its config path at import time, so this module sets the project-local environment before any
-zenml import (``pipelines.paths.configure_environment``).
+ZenML reads its config path when it is first imported, so each group's callback points it at the
+project-local store (``pipelines.paths.configure_environment``) before a command imports zenml; importing
+this module changes nothing.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ from rich.console import Console
 
 from pipelines.paths import configure_environment
 
-configure_environment()
-
 # Wide enough for the variants table when output is a pipe or a CI log rather than a terminal.
 console = Console(width=None if Console().is_terminal else 160)
 stack_app = typer.Typer(help="Register and activate the ZenML stack.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Summarise training pipeline runs.", no_args_is_help=True)
+
+
+@stack_app.callback()
+@pipeline_app.callback()
+def project_environment() -> None:
+    """Point ZenML at the project-local store (``$ZENML_CONFIG_PATH`` wins), before any zenml import."""
+    configure_environment()
 
 
 @stack_app.command("init")

@@ -23,7 +23,6 @@ roll it back and the server's abort rule stops the rollout.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -47,22 +46,18 @@ from rich.console import Console
 from rich.rule import Rule
 from rich.table import Table
 
+from ota.client.api import OperatorClient
+from ota.client.config import OPERATOR_TOKEN_ENV, SERVER_ENV
+from ota.core.logs import LOG_LEVEL_ENV, quiet_library_loggers
+from ota.edge.fleet import FleetOptions, FleetSummary, simulate_fleet
+from ota.server.status_cli import RolloutReport, render_report, rollout_report
 from pipelines.paths import configure_environment, default_tracking_uri, edgefleet_home
-
-configure_environment()
-
-from ota.client.api import OperatorClient  # noqa: E402
-from ota.client.config import OPERATOR_TOKEN_ENV, SERVER_ENV  # noqa: E402
-from ota.edge.fleet import FleetOptions, FleetSummary, simulate_fleet  # noqa: E402
-from ota.server.status_cli import RolloutReport, render_report, rollout_report  # noqa: E402
-from pipelines.summary import print_summary as print_training_summary  # noqa: E402
-from pipelines.summary import ui_commands  # noqa: E402
-from registry.errors import PromotionRefusedError, RegistryError  # noqa: E402
-from registry.fetch import VersionFacts, check_weights, fetch_model, version_facts  # noqa: E402
-from registry.lineage import Lineage  # noqa: E402
-from registry.promotion import PRODUCTION_ALIAS, promote, rollback  # noqa: E402
-from registry.store import client_for, register_variant, version_metrics  # noqa: E402
-from registry.trace import TraceChain, render_trace, trace_device  # noqa: E402
+from registry.errors import PromotionRefusedError, RegistryError
+from registry.fetch import VersionFacts, check_weights, fetch_model, version_facts
+from registry.lineage import Lineage
+from registry.promotion import PRODUCTION_ALIAS, promote, rollback
+from registry.store import client_for, register_variant, version_metrics
+from registry.trace import TraceChain, render_trace, trace_device
 
 # Wide enough for the summary tables when output goes to a pipe or a CI log rather than a terminal.
 console = Console(width=None if Console().is_terminal else 160)
@@ -607,10 +602,15 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         DemoError: A phase did not reach its goal.
         RegistryError: MLflow refused a promotion or registration.
     """
+    # Before the first zenml import of this process (pipelines.stack, pipelines.summary): ZenML reads its
+    # config path once. The demo's fleet workers are spawned and re-import this module, so nothing of this
+    # runs at import time.
+    configure_environment()
+    # ZenML turns the root logger to INFO; every poll of the fleet would print an `HTTP Request:` line.
+    quiet_library_loggers()
     from pipelines.stack import ensure_stack, ensure_tracking_uri
+    from pipelines.summary import print_summary as print_training_summary
 
-    # ZenML turns the root logger to INFO; every poll of the fleet's stop condition would print a line.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     started = time.monotonic()
     home = edgefleet_home()
     work = home / "demo"
@@ -842,6 +842,8 @@ def print_summary(summary: DemoSummary, *, elapsed_s: float) -> None:
         f"inspect: EDGEFLEET_HOME={summary.server_home} edgefleet rollout status; "
         f"edgefleet models list {summary.model_name}"
     )
+    from pipelines.summary import ui_commands
+
     for line in ui_commands(default_tracking_uri()):
         console.print(line, highlight=False)
 
@@ -851,8 +853,13 @@ def _stage(title: str) -> None:
 
 
 def main() -> None:
-    """``python -m pipelines.demo [TRAINING_YAML [RELEASE_YAML [DEVICES]]]``: the ``make run`` demo."""
-    args = sys.argv[1:]
+    """``python -m pipelines.demo [-v] [TRAINING_YAML [RELEASE_YAML [DEVICES]]]``: the ``make run`` demo.
+
+    ``-v`` lets library loggers (httpx, alembic, ...) through at DEBUG, in the fleet's workers too.
+    """
+    args = [arg for arg in sys.argv[1:] if arg not in ("-v", "--verbose")]
+    if len(args) < len(sys.argv) - 1:
+        os.environ[LOG_LEVEL_ENV] = "DEBUG"  # the environment is what reaches the spawned fleet workers
     options = DemoOptions()
     if args:
         options = DemoOptions(

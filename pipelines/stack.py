@@ -4,18 +4,21 @@ The embedded default is the local orchestrator and the default (local) artifact 
 experiment tracker and an MLflow model registry whose tracking URI is a SQLite file under the project-local
 state folder. The same function accepts a remote MLflow tracking server and, through ``zenml login``, a
 remote ZenML server: see ``configs/production.example.yaml`` and the README's section on scaling.
+
+Importing this module imports zenml: an entry point calls ``pipelines.paths.configure_environment`` first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.paths import configure_environment, default_artifact_root, default_tracking_uri
+from zenml.client import Client
+from zenml.enums import StackComponentType
 
-configure_environment()
+from pipelines.paths import default_artifact_root, default_tracking_uri
+from steps._runtime import active_tracking_uri, ensure_tracking_uri
 
-from zenml.client import Client  # noqa: E402  (ZENML_CONFIG_PATH must be set before zenml loads)
-from zenml.enums import StackComponentType  # noqa: E402
+__all__ = ["StackInfo", "active_tracking_uri", "ensure_stack", "ensure_tracking_uri"]
 
 STACK_NAME = "edgefleet"
 TRACKER_NAME = "edgefleet_mlflow_tracker"
@@ -98,22 +101,3 @@ def _ensure_local_experiments(uri: str) -> None:
 
     for name in EXPERIMENTS:
         ensure_experiment(uri, name, artifact_location=f"{default_artifact_root()}/{name}")
-
-
-def active_tracking_uri() -> str:
-    """The MLflow tracking URI of the active stack's experiment tracker (the embedded store if unset)."""
-    tracker = Client().active_stack_model.components.get(StackComponentType.EXPERIMENT_TRACKER)
-    if tracker:
-        uri = tracker[0].configuration.get("tracking_uri")
-        if uri:
-            return str(uri)
-    return default_tracking_uri()
-
-
-def ensure_tracking_uri() -> str:
-    """Point this process's MLflow client at the active stack's store, for commands outside a step."""
-    from registry.store import use_tracking_uri
-
-    uri = active_tracking_uri()
-    use_tracking_uri(uri)
-    return uri

@@ -1,23 +1,21 @@
 """What `make run` prints after the training pipeline: variants, registered versions, and where to look.
 
 Every figure is read back from the stores (ZenML's last successful run, MLflow's registry), not from the
-process that ran the pipeline, so the summary is also what a colleague sees later.
+process that ran the pipeline, so the summary is also what a colleague sees later. Importing this module
+imports zenml: an entry point calls ``pipelines.paths.configure_environment`` first.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipelines.paths import configure_environment, edgefleet_home
+from rich.console import Console
+from rich.table import Table
+from zenml.client import Client
+from zenml.enums import ExecutionStatus
 
-configure_environment()
-
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-from zenml.client import Client  # noqa: E402
-from zenml.enums import ExecutionStatus  # noqa: E402
-
-from registry.store import client_for  # noqa: E402
+from pipelines.paths import edgefleet_home
+from registry.store import client_for
 
 BASELINE = "teacher-torch-eager"
 

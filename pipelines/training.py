@@ -15,11 +15,13 @@ student is fine-tuned by distillation and not pruned again.
 
 from __future__ import annotations
 
-from pipelines.paths import configure_environment
+from pipelines.paths import require_project_store
 
-configure_environment()
+# `zenml pipeline run` has loaded ZenML before this module: if no store was chosen it is the home folder's,
+# so stop here with one line that says what to run (see README, "What the two commands do").
+require_project_store()
 
-from zenml import pipeline  # noqa: E402  (ZENML_CONFIG_PATH must be set before zenml loads)
+from zenml import pipeline  # noqa: E402
 
 from ml.config import TrainingPipelineConfig  # noqa: E402
 from steps.benchmark_variants import benchmark_variants  # noqa: E402

@@ -26,6 +26,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ml.files import file_sha256
 from registry.errors import ModelNotFoundError, RegistryError
 from registry.lineage import Lineage
 
@@ -69,15 +70,6 @@ def ensure_experiment(tracking_uri: str, name: str, *, artifact_location: str) -
     if existing is not None:
         return str(existing.experiment_id)
     return str(client.create_experiment(name, artifact_location=artifact_location))
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def content_hash(onnx_path: Path, lineage: Lineage) -> str:

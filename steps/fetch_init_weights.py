@@ -14,8 +14,8 @@ from zenml import log_metadata, step
 from zenml.logger import get_logger
 
 from ml.warmstart import load_warm_start, write_origin
-from pipelines.stack import ensure_tracking_uri
 from registry.fetch import fetch_weights
+from steps._runtime import ensure_tracking_uri
 
 logger = get_logger(__name__)
 

@@ -8,9 +8,8 @@ from typing import Annotated, Any
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-from pipelines.paths import edgefleet_home
-from pipelines.stack import ensure_tracking_uri
 from registry.fetch import fetch_model
+from steps._runtime import edgefleet_home, ensure_tracking_uri
 from steps.register_models import registered_name
 from steps.release_config import ReleasePipelineConfig
 

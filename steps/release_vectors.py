@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 from zenml import step
 
-from pipelines.paths import edgefleet_home
 from registry.release_inputs import build_vectors, selftest_inputs
+from steps._runtime import edgefleet_home
 from steps.release_config import ReleasePipelineConfig
 
 

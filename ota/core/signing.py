@@ -17,11 +17,8 @@ whitespace and no NaN/Infinity. Floats are allowed (both ends are Python, whose 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from securesystemslib.exceptions import UnverifiedSignatureError
 from securesystemslib.signer import CryptoSigner, Key, Signature, Signer, SSlibKey
 
 from ota.core.errors import DocumentFormatError, KeyStoreError, SignatureError
+from ota.core.files import atomic_write_bytes
 
 ED25519 = "ed25519"
 # Ed25519 raw public keys are 32 bytes, i.e. 64 hex digits; signatures are 64 bytes (128 hex digits).
@@ -57,38 +55,6 @@ def canonical_json(document: Any) -> bytes:
         ).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise DocumentFormatError(f"document is not canonical-JSON serialisable: {exc}") from exc
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``, dir fsync.
-
-    Args:
-        path: Destination file; its parent folder is created if missing.
-        data: Bytes to write.
-        mode: Permission bits of the final file (``0o600`` for private keys).
-
-    Raises:
-        OSError: The folder or file cannot be written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # Set the mode before any secret byte lands in the file.
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp_name).replace(path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            Path(tmp_name).unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def generate_ed25519_signer() -> CryptoSigner:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from ota.core.logs import quiet_library_loggers
 from ota.edge.config import AgentConfig
 from ota.edge.errors import EdgeError
 from ota.edge.health import HealthResult, run_health_check
@@ -291,6 +292,7 @@ def _full_install_length(agent: Agent, committed: InstalledModel | None) -> int:
 
 
 def _worker(indices: list[int], options: FleetOptions, events: Any, stop: Any) -> None:
+    quiet_library_loggers()  # a spawned worker starts with default levels; $EDGEFLEET_LOG_LEVEL reaches it
     threads = [
         threading.Thread(target=_device_loop, args=(i, options, events, stop), daemon=True) for i in indices
     ]

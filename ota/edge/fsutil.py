@@ -9,13 +9,12 @@ the target, then fsync the directory so that the rename itself is durable.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ota.core import files as core_files
 from ota.edge.errors import SlotError
 
 
@@ -67,25 +66,10 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     Raises:
         SlotError: If the write fails (for example, the disk is full); the old file is left untouched.
     """
-    directory = path.parent
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        core_files.atomic_write_bytes(path, data, mode=mode)
     except OSError as exc:
-        raise SlotError(f"cannot create a temp file next to {path}: {exc}") from exc
-    tmp = Path(tmp_name)
-    try:
-        # mkstemp creates 0600; set the wanted bits before any data lands, so a secret is never wider.
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise SlotError(f"cannot write {path}: {exc}") from exc
-    fsync_dir(directory)
 
 
 def atomic_write_json(path: Path, document: Any, *, mode: int = 0o600) -> None:
@@ -138,11 +122,7 @@ def sha256_file(path: Path, *, chunk_bytes: int = 1024 * 1024) -> str:
     Raises:
         SlotError: If the file cannot be read.
     """
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(chunk_bytes):
-                digest.update(chunk)
+        return core_files.sha256_file(path, chunk=chunk_bytes)[0]
     except OSError as exc:
         raise SlotError(f"cannot read {path} to hash it: {exc}") from exc
-    return digest.hexdigest()

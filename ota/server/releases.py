@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from tuf.api.metadata import TargetFile
 
+from ota.core.files import sha256_file
 from ota.server.blobstore import BlobStore
 from ota.server.db import bump_counter, transaction
 from ota.server.errors import ConflictError, InvalidRequestError, ServerError
@@ -49,13 +50,7 @@ def file_digest(path: Path) -> tuple[str, int]:
     Raises:
         OSError: The file cannot be read.
     """
-    digest = hashlib.sha256()
-    length = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            length += len(chunk)
-    return digest.hexdigest(), length
+    return sha256_file(path, chunk=CHUNK)
 
 
 def target_name(model: str, version: str, profile: str, suffix: str) -> str:

@@ -83,10 +83,10 @@ from ota.core.delta.format import (
     literal_prime,
     read_header,
     read_varint,
-    sha256_file,
     tensor_chunks,
     unzigzag,
 )
+from ota.core.files import sha256_file
 
 _IO_CHUNK = 1 << 20
 # zstd adds at most a few bytes per 128 KiB block to incompressible data, so a compressed plane larger than

@@ -58,7 +58,6 @@ frame (varint), the token frame, then the value frame; see ``codecs.sparse_encod
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -565,21 +564,3 @@ def read_header(patch: Path) -> PatchHeader:
     except OSError as exc:
         raise DeltaInputError(f"cannot read patch {patch}: {exc.strerror or exc}") from exc
     return parse_header(prefix, file_length=length)
-
-
-def sha256_file(path: Path, *, chunk: int = 1 << 20) -> tuple[str, int]:
-    """Stream a file through sha256.
-
-    Returns:
-        The hex digest and the file's length.
-
-    Raises:
-        OSError: If the file cannot be read (callers map it to their typed error).
-    """
-    digest = hashlib.sha256()
-    length = 0
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-            length += len(block)
-    return digest.hexdigest(), length

@@ -1,0 +1,74 @@
+"""File helpers of the OTA side (server and agent): one atomic write and one streamed sha256.
+
+The ML side has its own pair in ``ml/files.py``: the two sides share no code (import-linter keeps
+``ota`` and ``ml`` apart), but each has exactly one of each. Both raise plain ``OSError``; callers map it
+to their own error tree (the agent to ``SlotError``, the delta code to ``DeltaInputError``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+CHUNK_BYTES = 1 << 20
+
+
+def fsync_dir(directory: Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk.
+
+    Raises:
+        OSError: The folder cannot be opened or synced.
+    """
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``, dir fsync.
+
+    Args:
+        path: Destination file; its parent folder is created if missing.
+        data: Bytes to write.
+        mode: Permission bits of the final file (``0o600`` for private keys), set before any byte lands.
+
+    Raises:
+        OSError: The folder or file cannot be written; the old file, if any, is left untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(tmp_name).replace(path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            Path(tmp_name).unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def sha256_file(path: Path, *, chunk: int = CHUNK_BYTES) -> tuple[str, int]:
+    """Stream a file through sha256 in bounded memory (about ``chunk`` bytes).
+
+    Returns:
+        The lowercase hex digest and the file's length.
+
+    Raises:
+        OSError: The file cannot be read.
+    """
+    digest = hashlib.sha256()
+    length = 0
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+            length += len(block)
+    return digest.hexdigest(), length
