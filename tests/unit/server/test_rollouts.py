@@ -326,7 +326,7 @@ def test_a_rollout_started_before_its_fleet_enrols_waits_for_it(ctx: ServerConte
     release = publish(ctx, tmp_path, "1")
     with transaction(ctx.sessions) as session:
         rollout = create_rollout(
-            session, release_id=release, phases=[Phase(10, 0, 2), Phase(100)], actor="test", now=NOW
+            session, release_id=release, phases=[Phase(10, 0, 2, 0), Phase(100)], actor="test", now=NOW
         ).id
     assert tick(ctx, rollout, NOW + timedelta(seconds=5)) is None  # no device at all: nothing to learn yet
     devices = add_devices(ctx, 40)
