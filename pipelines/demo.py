@@ -511,16 +511,26 @@ def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 # ---- fleet phases --------------------------------------------------------------------------------------
 
 
-def _throttled(check: Callable[[], bool], every_s: float = 0.5) -> Callable[[FleetSummary], bool]:
+def _throttled(
+    check: Callable[[], bool], every_s: float = 0.5, hold_s: float = 0.0
+) -> Callable[[FleetSummary], bool]:
+    """Ask ``check`` at most every ``every_s``; say yes once it has held for ``hold_s`` without a no.
+
+    The hold matters at the end of an aborted rollout: a device that fetched the release just before the
+    abort may still be installing it while every device the server knows of looks settled.
+    """
     last = [0.0]
-    verdict = [False]
+    since: list[float | None] = [None]
 
     def until(_summary: FleetSummary) -> bool:
         now = time.monotonic()
         if now - last[0] >= every_s:
             last[0] = now
-            verdict[0] = check()
-        return verdict[0]
+            if not check():
+                since[0] = None
+            elif since[0] is None:
+                since[0] = now
+        return since[0] is not None and now - since[0] >= hold_s
 
     return until
 
@@ -566,7 +576,8 @@ def drive_fleet(
                 profile=profile,
                 show_progress=True,
             ),
-            until=_throttled(settled),
+            # Settled for three poll intervals: no device is still installing what it fetched before.
+            until=_throttled(settled, hold_s=3 * options.poll_interval_s),
         )
         done = settled()
     finally:

@@ -38,7 +38,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "ZENML_ANALYTICS_OPT_IN": "false",
         "AUTO_OPEN_DASHBOARD": "false",
     }
-    for leaked in ("MLFLOW_TRACKING_URI", "EDGEFLEET_SERVER_URL", "EDGEFLEET_OPERATOR_TOKEN"):
+    for leaked in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
+        "EDGEFLEET_SERVER",
+        "EDGEFLEET_SERVER_URL",
+        "EDGEFLEET_OPERATOR_TOKEN",
+    ):
         env.pop(leaked, None)
     init = subprocess.run(
         [str(BIN / "edgefleet"), "stack", "init"],

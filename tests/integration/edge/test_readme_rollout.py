@@ -35,9 +35,14 @@ def test_the_readme_rollout_example_stages(ota_server: LiveServer, tmp_path: Pat
     ota_server.wait_rollouts_settled()
     r2 = ota_server.publish(v2, model="m", version="2", profile=PROFILE)["release"]
 
-    # The README's command, as written (the operator CLI acts on the server's store under EDGEFLEET_HOME).
+    # The README's command, as written, over the API; the server fills in the phases' soak and success rule.
     # A 2 s soak stands for the default minute: the fleet polls every 0.3 s.
-    env = {**os.environ, "EDGEFLEET_HOME": str(ota_server.home), "EDGEFLEET_ROLLOUT_MIN_SOAK_SECONDS": "2"}
+    ota_server.ctx.settings.rollout_min_soak_seconds = 2
+    env = {
+        **os.environ,
+        "EDGEFLEET_SERVER": ota_server.url,
+        "EDGEFLEET_OPERATOR_TOKEN": ota_server.admin_token,
+    }
     started = subprocess.run(
         [
             str(Path(sys.executable).with_name("edgefleet")),
