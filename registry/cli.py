@@ -36,10 +36,10 @@ from registry.promotion import (
     rollback,
 )
 from registry.store import (
-    client_for,
-    edgefleet_model_names,
+    edgefleet_versions,
     model_aliases,
     model_versions,
+    registry_client_for,
     resolve_version,
     tracking_uri_from_env,
     version_artifacts,
@@ -91,7 +91,7 @@ def open_registry(explicit: str | None) -> MlflowClient:
                 f"no MLflow store at {path}: run the training pipeline first, "
                 "or pass --tracking-uri / set MLFLOW_TRACKING_URI"
             )
-    return client_for(uri)
+    return registry_client_for(uri)
 
 
 def _stdout() -> Console:
@@ -132,12 +132,13 @@ def list_versions(
     out = _stdout()
     with _reported():
         client = open_registry(tracking_uri)
-        names = [name] if name else edgefleet_model_names(client)
-        if not names:
+        # One search for the versions; aliases need one read per model (searches do not return them).
+        grouped = {name: model_versions(client, name)} if name else edgefleet_versions(client)
+        if not grouped:
             out.print(f"No EdgeFleet model is registered in {resolve_tracking_uri(tracking_uri)}.")
             return
-        for model in names:
-            out.print(versions_table(model, model_versions(client, model), model_aliases(client, model)))
+        for model, versions in grouped.items():
+            out.print(versions_table(model, versions, model_aliases(client, model)))
 
 
 @models_app.command("show")
