@@ -47,7 +47,7 @@ from ota.core.manifest import (
 from ota.edge.api import DeviceApi
 from ota.edge.backoff import full_jitter_delay, jittered_interval
 from ota.edge.config import AgentConfig
-from ota.edge.errors import EdgeError, FetchError, SlotError, VerificationError
+from ota.edge.errors import EdgeError, FetchError, IdentityError, SlotError, VerificationError
 from ota.edge.fetch import Fetcher, make_client
 from ota.edge.fsutil import ensure_private_dir
 from ota.edge.identity import DeviceIdentity, Enrolment
@@ -136,8 +136,16 @@ class Agent:
         ensure_private_dir(state_dir)  # 0700: the key, the state and the models are this agent's alone
         self.identity = DeviceIdentity(state_dir)
         self.identity.load_or_create_key()
+        # Once enrolled, the device is who the server knows: the stored id and profile win over the
+        # defaults (derived id, detected profile), so `agent status` and a restart without --device-id or
+        # --profile show and use the identity the server has. Explicit arguments still win.
+        enrolled = self._stored_enrolment()
+        if profile in (None, "auto") and enrolled is not None and enrolled.hardware_profile:
+            profile = enrolled.hardware_profile
         self.hardware: HardwareProfile = detect_profile(override_name=profile)
-        self.device_id = device_id or self.identity.default_device_id()
+        self.device_id = (
+            device_id or (enrolled.device_id if enrolled else "") or self.identity.default_device_id()
+        )
         self.fetcher = Fetcher(config=self.config, client=self.client, rng=self.rng)
         self.installer = Installer(
             state_dir=state_dir,
@@ -165,6 +173,13 @@ class Agent:
         self._etag: str | None = None
         self._errors_in_a_row = 0
         self._started = False
+
+    def _stored_enrolment(self) -> Enrolment | None:
+        """The stored enrolment, or None; a malformed one is reported by the first poll, not here."""
+        try:
+            return self.identity.load_enrolment()
+        except IdentityError:
+            return None
 
     # ---- the loop ---------------------------------------------------------------------------------
 
@@ -462,6 +477,7 @@ class Agent:
             targets_url=answer.targets_url,
             director_key=answer.director_key,
             admission=answer.state.value,
+            hardware_profile=self.hardware.name,
         )
         self.identity.store_enrolment(enrolment, answer.tuf_root)
         return enrolment
@@ -607,9 +623,11 @@ def agent_from_args(
 def describe(agent: Agent) -> dict[str, Any]:
     """Return a JSON-able summary of the agent's identity and state, for ``agent status``."""
     state = agent.installer.state()
+    enrolment = agent._stored_enrolment()
     return {
         "device_id": agent.device_id,
         "profile": agent.hardware.name,
+        "admission": enrolment.admission if enrolment else "not enrolled",
         "hardware": agent.hardware.to_details(),
         "phase": state.phase.value,
         "committed": None if state.committed is None else state.committed.to_json(),
