@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from registry.errors import PromotionRefusedError, RegistryError
+from registry.ota_history import reader_from_env
 from registry.promotion import (
     DEFAULT_MARGIN_ACCURACY,
     DEFAULT_MARGIN_P99,
@@ -216,19 +217,30 @@ def promote_version(
     with _reported():
         client = open_registry(tracking_uri)
         margins = Margins(accuracy=margin_accuracy, p99=margin_p99, p99_floor_ms=margin_p99_floor_ms)
+        rollouts = reader_from_env()
         try:
             result = promote(
-                client, name, version, to=to, margins=margins, force=force, reason=reason, actor=actor
+                client,
+                name,
+                version,
+                to=to,
+                margins=margins,
+                force=force,
+                reason=reason,
+                actor=actor,
+                rollouts=rollouts,
             )
         except PromotionRefusedError:
             # With --force the refusal is about the request (no reason, reserved alias), not the checks:
             # a table of failed checks would point the user at the wrong problem.
             if not force:
-                review = review_promotion(client, name, version, to=to, margins=margins)
+                review = review_promotion(client, name, version, to=to, margins=margins, rollouts=rollouts)
                 if not review.passed:
                     out.print(review_table(review))
+                    _print_notes(review.notes)
             raise
         out.print(review_table(result.review))
+        _print_notes(result.review.notes)
         if not result.changed:
             out.print(f"{name} version {result.version} already holds {to}; nothing changed.")
             return
@@ -242,6 +254,11 @@ def promote_version(
             f"[green]promoted[/] {name} version {result.version} → {to}{replaced} "
             f"(by {escape(result.actor)} at {result.at})"
         )
+
+
+def _print_notes(notes: tuple[str, ...]) -> None:
+    for note in notes:
+        _stderr().print(f"[yellow]note:[/] {escape(note)}")
 
 
 @models_app.command("rollback")
