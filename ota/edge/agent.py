@@ -291,7 +291,10 @@ class Agent:
             self._etag = new_etag
             return PollResult("skipped", delay, "this assignment failed before; waiting for a new one")
         try:
-            plan = self._plan(enrolment, assignment, current)
+            try:
+                plan = self._plan(enrolment, assignment, current)
+            except FetchError as exc:
+                plan = self._plan_with_corrected_urls(enrolment, assignment, current, exc)
         except VerificationError as exc:
             self._remember_failure(failure_key)
             self._report_failure(assignment, str(exc), attack=True)
@@ -449,16 +452,69 @@ class Agent:
         path = f"{directory}{sep}{sha256}.{basename}" if consistent else name
         return enrolment.targets_url.rstrip("/") + "/" + quote(path)
 
+    def _plan_with_corrected_urls(
+        self, enrolment: Enrolment, assignment: Assignment, current: str | None, failure: FetchError
+    ) -> UpdatePlan:
+        """Recover from repository URLs stored while the server advertised a wrong public URL.
+
+        The stored metadata URL failed to download, while the server this agent was started with has just
+        answered the assignment. Ask that server again: re-enrol with the existing key (the enrol endpoint
+        answers the same device again) when this start has a provisioning token; URLs it answers that
+        differ from the stored ones replace them on disk once a plan was made with them. Otherwise (no
+        token, or the server still advertises the same URLs) try the server's standard layout under the
+        agent's own server URL for this poll only, without storing it: a transient outage of a separate
+        repository host (a CDN) must not move the device off it for good. Everything downloaded from any
+        of these URLs is verified by TUF exactly as before, and the trusted root is never replaced, so a
+        URL is not a trust decision.
+
+        Raises:
+            FetchError: ``failure`` when the stored URLs are already the server's own, or the retry failed.
+            VerificationError: The retry was refused.
+        """
+        if enrolment.metadata_url.startswith(self.server_url + "/"):
+            raise failure  # already the server's own URLs: a real outage, not a stale enrolment
+        answered: Enrolment | None = None
+        if self.provisioning_token is not None:
+            try:
+                enrolled = self._enrol()
+            except EdgeError as exc:
+                log.warning("re-enrolment to refresh the repository URLs failed: %s", exc)
+            else:
+                answered = enrolled[0] if enrolled is not None else None
+        if answered is not None and answered.metadata_url != enrolment.metadata_url:
+            log.warning(
+                "repository URL %s failed (%s); the server now says %s",
+                enrolment.metadata_url,
+                failure,
+                answered.metadata_url,
+            )
+            plan = self._plan(answered, assignment, current)
+            self.identity.store_enrolment(answered, {})  # the stored root stays: it is never swapped
+            return plan
+        own = replace(
+            enrolment,
+            metadata_url=f"{self.server_url}/tuf/metadata/",
+            targets_url=f"{self.server_url}/tuf/targets/",
+        )
+        log.warning(
+            "repository URL %s failed (%s); trying %s for this poll",
+            enrolment.metadata_url,
+            failure,
+            own.metadata_url,
+        )
+        return self._plan(own, assignment, current)
+
     # ---- enrolment, tokens, reports ------------------------------------------------------------------
 
-    def _ensure_enrolled(self) -> Enrolment:
-        enrolment = self.identity.load_enrolment()
-        if enrolment is not None and enrolment.admission == AdmissionState.ACCEPTED.value:
-            return enrolment
-        if self.provisioning_token is None:
-            if enrolment is not None:
-                return enrolment
-            raise EdgeError("this device is not enrolled; pass --provisioning-token")
+    def _enrol(self) -> tuple[Enrolment, dict[str, Any]] | None:
+        """Enrol (or re-enrol with the same key); return the enrolment and TUF root, None when refused.
+
+        Nothing is stored here.
+
+        Raises:
+            EdgeError: The call failed (see :meth:`ota.edge.api.DeviceApi.enrol`).
+        """
+        assert self.provisioning_token is not None
         request = EnrolmentRequest(
             device_id=self.device_id,
             provisioning_token=self.provisioning_token,
@@ -470,7 +526,7 @@ class Agent:
         )
         answer = self.api.enrol(request)
         if answer is None:
-            return Enrolment(self.device_id, "", "", {}, AdmissionState.REJECTED.value)
+            return None
         enrolment = Enrolment(
             device_id=answer.device_id,
             metadata_url=answer.metadata_url,
@@ -479,7 +535,21 @@ class Agent:
             admission=answer.state.value,
             hardware_profile=self.hardware.name,
         )
-        self.identity.store_enrolment(enrolment, answer.tuf_root)
+        return enrolment, answer.tuf_root
+
+    def _ensure_enrolled(self) -> Enrolment:
+        enrolment = self.identity.load_enrolment()
+        if enrolment is not None and enrolment.admission == AdmissionState.ACCEPTED.value:
+            return enrolment
+        if self.provisioning_token is None:
+            if enrolment is not None:
+                return enrolment
+            raise EdgeError("this device is not enrolled; pass --provisioning-token")
+        answered = self._enrol()
+        if answered is None:
+            return Enrolment(self.device_id, "", "", {}, AdmissionState.REJECTED.value)
+        enrolment, tuf_root = answered
+        self.identity.store_enrolment(enrolment, tuf_root)
         return enrolment
 
     def _ensure_token(self) -> str:
