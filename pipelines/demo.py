@@ -821,7 +821,6 @@ def print_summary(summary: DemoSummary, *, elapsed_s: float) -> None:
         if report is None:
             continue
         downloaded = report.delta_bytes + report.full_bytes
-        saved = 1 - downloaded / report.full_equivalent_bytes if report.full_equivalent_bytes else 0.0
         bytes_table.add_row(
             run.label,
             run.version,
@@ -830,7 +829,7 @@ def print_summary(summary: DemoSummary, *, elapsed_s: float) -> None:
             str(report.full_installs),
             f"{downloaded:,}",
             f"{report.full_equivalent_bytes:,}",
-            f"{saved:.1%}",
+            f"{report.saved_fraction:.1%}",  # the server's figure: ota.core.savings.bytes_saved
         )
     console.print(bytes_table)
     for run in summary.rollouts:

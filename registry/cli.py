@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from registry.errors import PromotionRefusedError, RegistryError
+from registry.ota_history import reader_from_env
 from registry.promotion import (
     DEFAULT_MARGIN_ACCURACY,
     DEFAULT_MARGIN_P99,
@@ -36,10 +37,10 @@ from registry.promotion import (
     rollback,
 )
 from registry.store import (
-    client_for,
-    edgefleet_model_names,
+    edgefleet_versions,
     model_aliases,
     model_versions,
+    registry_client_for,
     resolve_version,
     tracking_uri_from_env,
     version_artifacts,
@@ -91,7 +92,7 @@ def open_registry(explicit: str | None) -> MlflowClient:
                 f"no MLflow store at {path}: run the training pipeline first, "
                 "or pass --tracking-uri / set MLFLOW_TRACKING_URI"
             )
-    return client_for(uri)
+    return registry_client_for(uri)
 
 
 def _stdout() -> Console:
@@ -132,12 +133,13 @@ def list_versions(
     out = _stdout()
     with _reported():
         client = open_registry(tracking_uri)
-        names = [name] if name else edgefleet_model_names(client)
-        if not names:
+        # One search for the versions; aliases need one read per model (searches do not return them).
+        grouped = {name: model_versions(client, name)} if name else edgefleet_versions(client)
+        if not grouped:
             out.print(f"No EdgeFleet model is registered in {resolve_tracking_uri(tracking_uri)}.")
             return
-        for model in names:
-            out.print(versions_table(model, model_versions(client, model), model_aliases(client, model)))
+        for model, versions in grouped.items():
+            out.print(versions_table(model, versions, model_aliases(client, model)))
 
 
 @models_app.command("show")
@@ -215,19 +217,30 @@ def promote_version(
     with _reported():
         client = open_registry(tracking_uri)
         margins = Margins(accuracy=margin_accuracy, p99=margin_p99, p99_floor_ms=margin_p99_floor_ms)
+        rollouts = reader_from_env()
         try:
             result = promote(
-                client, name, version, to=to, margins=margins, force=force, reason=reason, actor=actor
+                client,
+                name,
+                version,
+                to=to,
+                margins=margins,
+                force=force,
+                reason=reason,
+                actor=actor,
+                rollouts=rollouts,
             )
         except PromotionRefusedError:
             # With --force the refusal is about the request (no reason, reserved alias), not the checks:
             # a table of failed checks would point the user at the wrong problem.
             if not force:
-                review = review_promotion(client, name, version, to=to, margins=margins)
+                review = review_promotion(client, name, version, to=to, margins=margins, rollouts=rollouts)
                 if not review.passed:
                     out.print(review_table(review))
+                    _print_notes(review.notes)
             raise
         out.print(review_table(result.review))
+        _print_notes(result.review.notes)
         if not result.changed:
             out.print(f"{name} version {result.version} already holds {to}; nothing changed.")
             return
@@ -241,6 +254,11 @@ def promote_version(
             f"[green]promoted[/] {name} version {result.version} → {to}{replaced} "
             f"(by {escape(result.actor)} at {result.at})"
         )
+
+
+def _print_notes(notes: tuple[str, ...]) -> None:
+    for note in notes:
+        _stderr().print(f"[yellow]note:[/] {escape(note)}")
 
 
 @models_app.command("rollback")

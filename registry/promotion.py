@@ -11,10 +11,21 @@ Promotion of ``NAME VERSION --to production``:
 2. compare it with the version that holds ``production`` now: accuracy may drop by at most
    ``Margins.accuracy`` (a fraction, 0.005 = half a point) and P99 may grow by at most ``Margins.p99``
    of production's P99 (0.20 = +20 %) or ``Margins.p99_floor_ms``, whichever is larger;
-3. refuse (:class:`~registry.errors.PromotionRefusedError`) unless everything passes or the caller forces
+3. re-check the artifact itself, not only its tags: the stored ``model.onnx`` against the size gate
+   (``max_size_kb``) and its sha256 against the one recorded at registration (``edgefleet.sha256``);
+4. check the version's OTA history: when the release pipeline tagged a rollout on it
+   (``edgefleet.release.rollout_id``), a rollout the OTA server reports aborted or rolled back fails
+   (:mod:`registry.ota_history`; needs ``EDGEFLEET_OPERATOR_TOKEN``, else the review notes it is unchecked);
+5. refuse (:class:`~registry.errors.PromotionRefusedError`) unless everything passes or the caller forces
    with a reason;
-4. move the alias, keep the replaced version under ``previous``, and record who, when and why as
-   ``edgefleet.promotion.*`` tags. Only aliases and tags are used, never the deprecated stages.
+6. move the alias, keep the replaced version under ``previous``, and record who, when and why. Only
+   aliases and tags are used, never the deprecated stages.
+
+The audit trail is append-only: every promotion, supersession and rollback is its own numbered event,
+``edgefleet.history.<n>.{event,alias,actor,at,reason,from_version,to_version,forced,failed_checks}``, on
+each version it touched (``models show`` lists them). The single-valued ``edgefleet.promotion.*`` and
+``edgefleet.rollback.*`` tags still say what the latest event was. ``forced`` is ``true`` only when
+``--force`` overrode a failed check.
 
 Rollback moves ``production`` back to ``previous`` and ``previous`` one step further back, using the
 ``edgefleet.promotion.from_version`` tag that each promotion wrote.
@@ -24,9 +35,11 @@ from __future__ import annotations
 
 import getpass
 import math
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -35,9 +48,12 @@ from mlflow.tracking import MlflowClient
 from ml.errors import GateError
 from ml.gates import GateProfile, GateResult, check_gates
 from registry.errors import ModelNotFoundError, PromotionRefusedError, RegistryError
+from registry.ota_history import ROLLOUT_ID_TAG, SERVER_TAG, RolloutReader
 from registry.store import (
     CANDIDATE_ALIAS,
     PROFILE_TAG,
+    SHA256_TAG,
+    file_sha256,
     model_aliases,
     resolve_version,
     version_gates,
@@ -62,6 +78,13 @@ DEFAULT_MARGIN_P99_FLOOR_MS = 0.05
 MARGIN_ACCURACY_CHECK = "accuracy_drop_vs_production"
 MARGIN_P99_CHECK = "p99_ms_increase_vs_production"
 NO_GATES_CHECK = "gate_tags_present"
+ARTIFACT_SIZE_CHECK = "max_size_kb_of_the_stored_file"
+ARTIFACT_SHA_CHECK = "sha256_as_registered"
+OTA_HISTORY_CHECK = "rollout_not_aborted"
+#: Checks whose "measured" cell is a sentence (kept in ``GateResult.metric``) rather than a number.
+TEXT_CHECKS = frozenset({ARTIFACT_SHA_CHECK, OTA_HISTORY_CHECK})
+HISTORY_PREFIX = "edgefleet.history."
+MODEL_FILE = "model.onnx"
 
 
 @dataclass(frozen=True)
@@ -104,11 +127,14 @@ class PromotionReview:
     current_version: str | None
     gates: tuple[GateResult, ...]
     margins: tuple[GateResult, ...]
+    artifact: tuple[GateResult, ...] = ()
+    history: tuple[GateResult, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def checks(self) -> tuple[GateResult, ...]:
-        """Gates first, then the comparison with the current holder of the alias."""
-        return self.gates + self.margins
+        """Gates, the stored artifact, the OTA history, then the comparison with the current holder."""
+        return self.gates + self.artifact + self.history + self.margins
 
     @property
     def failures(self) -> tuple[str, ...]:
@@ -185,6 +211,73 @@ def gate_results(version: ModelVersion) -> tuple[GateResult, ...]:
     return tuple(check_gates(profile, metrics, metrics.get("teacher_accuracy")))
 
 
+def artifact_results(
+    client: MlflowClient, version: ModelVersion
+) -> tuple[tuple[GateResult, ...], str | None]:
+    """Re-check the stored ONNX file itself: its size against ``max_size_kb`` and its sha256.
+
+    The file is fetched from the version's storage location (a local store hands back its own path's
+    copy; a remote one downloads the single file) into a temporary folder that is removed afterwards.
+
+    Returns:
+        The check rows, and a note when the file could not be read (the sha256 row then fails).
+    """
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    recorded = version.tags.get(SHA256_TAG)
+    limit = version_gates(version).get("max_size_kb")
+    try:
+        location = client.get_model_version_download_uri(str(version.name), str(version.version))
+        with tempfile.TemporaryDirectory(prefix="edgefleet-promote-") as folder:
+            path = Path(get_artifact_repository(location).download_artifacts(MODEL_FILE, folder))
+            size, actual = path.stat().st_size, file_sha256(path)
+    except (MlflowException, OSError) as exc:
+        note = f"cannot read {MODEL_FILE} of {version.name} version {version.version}: {exc}"
+        return (GateResult(ARTIFACT_SHA_CHECK, "file unreadable", None, 1.0, "=", False),), note
+    rows: list[GateResult] = []
+    if limit is not None:
+        size_kb = size / 1024
+        rows.append(
+            GateResult(ARTIFACT_SIZE_CHECK, f"{MODEL_FILE} size_kb", size_kb, limit, "≤", size_kb <= limit)
+        )
+    matches = recorded == actual
+    described = (
+        f"{actual[:12]}… as recorded"
+        if matches
+        else f"{actual[:12]}… but registration recorded {(recorded or 'nothing')[:12]}…"
+    )
+    rows.append(GateResult(ARTIFACT_SHA_CHECK, described, 1.0 if matches else 0.0, 1.0, "=", matches))
+    return tuple(rows), None
+
+
+def history_results(
+    version: ModelVersion, reader: RolloutReader | None
+) -> tuple[tuple[GateResult, ...], str | None]:
+    """Check the version's last rollout (``edgefleet.release.rollout_id``) did not abort or roll back.
+
+    Returns:
+        No row when the version was never rolled out; no row and a note when it was but no reader is
+        configured (no operator token); otherwise one row, failing when the rollout was withdrawn or its
+        state cannot be read.
+    """
+    rollout_id = version.tags.get(ROLLOUT_ID_TAG)
+    if not rollout_id:
+        return (), None
+    if reader is None:
+        return (), (
+            f"OTA history not checked: version {version.version} was rolled out ({rollout_id}); "
+            "set EDGEFLEET_OPERATOR_TOKEN (and EDGEFLEET_SERVER) to check that rollout"
+        )
+    try:
+        record = reader(version.tags.get(SERVER_TAG, ""), rollout_id)
+    except RegistryError as exc:
+        return (GateResult(OTA_HISTORY_CHECK, f"unknown: {exc}", None, 0.0, "=", False),), str(exc)
+    reason = f" ({record.reason})" if record.reason else ""
+    described = f"rollout {rollout_id} {record.state}{reason}"
+    passed = not record.withdrawn
+    return (GateResult(OTA_HISTORY_CHECK, described, 0.0 if passed else 1.0, 0.0, "=", passed),), None
+
+
 def margin_results(
     candidate: Mapping[str, float], current: Mapping[str, float], margins: Margins
 ) -> tuple[GateResult, ...]:
@@ -224,6 +317,7 @@ def review_promotion(
     *,
     to: str = PRODUCTION_ALIAS,
     margins: Margins | None = None,
+    rollouts: RolloutReader | None = None,
 ) -> PromotionReview:
     """Run every promotion check without changing anything.
 
@@ -233,6 +327,8 @@ def review_promotion(
         version_or_alias: Version number or alias of the version to promote.
         to: Alias the version would move to.
         margins: Allowed regression against the current holder of ``to`` (defaults in :class:`Margins`).
+        rollouts: Reads a rollout's state from the OTA server (:func:`registry.ota_history.reader_from_env`);
+            None leaves the OTA history unchecked, with a note.
 
     Returns:
         The review; margin rows are empty when no version holds ``to`` yet, or the version already does.
@@ -247,6 +343,8 @@ def review_promotion(
     if current_number is not None and current_number != str(version.version):
         current = resolve_version(client, name, current_number)
         margin_rows = margin_results(version_metrics(version), version_metrics(current), margins)
+    artifact, artifact_note = artifact_results(client, version)
+    history, history_note = history_results(version, rollouts)
     return PromotionReview(
         name=name,
         version=str(version.version),
@@ -255,6 +353,9 @@ def review_promotion(
         current_version=current_number,
         gates=gate_results(version),
         margins=margin_rows,
+        artifact=artifact,
+        history=history,
+        notes=tuple(note for note in (artifact_note, history_note) if note),
     )
 
 
@@ -262,14 +363,14 @@ def render_review(review: PromotionReview) -> str:
     """The review as aligned plain text (the message of :class:`PromotionRefusedError`)."""
     rows = [("check", "measured", "limit", "result")]
     for check in review.checks:
-        rows.append(
-            (check.gate, _format_value(check.gate, check.measured), _format_limit(check), _verdict(check))
-        )
+        measured = check.metric if check.gate in TEXT_CHECKS else _format_value(check.gate, check.measured)
+        rows.append((check.gate, measured, _format_limit(check), _verdict(check)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     against = f" against production version {review.current_version}" if review.margins else ""
     lines = [f"{review.name} version {review.version} (profile {review.profile}){against}:"]
     for row in rows:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    lines.extend(f"note: {note}" for note in review.notes)
     return "\n".join(lines)
 
 
@@ -291,6 +392,8 @@ def _format_value(check_name: str, value: float | None) -> str:
 def _format_limit(check: GateResult) -> str:
     if check.gate == NO_GATES_CHECK:
         return "present"
+    if check.gate in TEXT_CHECKS:
+        return "not aborted" if check.gate == OTA_HISTORY_CHECK else "matches"
     return f"{check.comparison} {_format_value(check.gate, check.limit)}"
 
 
@@ -304,6 +407,7 @@ def promote(
     force: bool = False,
     reason: str | None = None,
     actor: str | None = None,
+    rollouts: RolloutReader | None = None,
 ) -> PromotionResult:
     """Check a version and, if it passes (or is forced with a reason), move ``to`` onto it.
 
@@ -321,9 +425,10 @@ def promote(
         force: Promote even if checks fail; needs ``reason``.
         reason: Why; required with ``force``, recorded in every case.
         actor: Who; defaults to the OS user.
+        rollouts: Reads the version's rollout from the OTA server (see :func:`review_promotion`).
 
     Returns:
-        What was done, with the review.
+        What was done, with the review. ``forced`` is True only when ``force`` overrode a failed check.
 
     Raises:
         ModelNotFoundError: No such model, version or alias.
@@ -336,7 +441,8 @@ def promote(
     reserved = {PREVIOUS_ALIAS, CANDIDATE_ALIAS, "latest"}
     if to in reserved or to.endswith("-previous"):
         raise PromotionRefusedError(f"cannot promote to the reserved alias {to!r}")
-    review = review_promotion(client, name, version_or_alias, to=to, margins=margins)
+    review = review_promotion(client, name, version_or_alias, to=to, margins=margins, rollouts=rollouts)
+    overrode = force and not review.passed
     if not review.passed and not force:
         raise PromotionRefusedError(
             f"refusing to promote {name} version {review.version} to {to}: "
@@ -347,7 +453,7 @@ def promote(
     why = reason.strip() if reason and reason.strip() else "all promotion checks passed"
     if review.current_version == review.version:
         return PromotionResult(
-            name, review.version, to, review.current_version, force, False, who, when, why, review
+            name, review.version, to, review.current_version, overrode, False, who, when, why, review
         )
     previous_alias = previous_alias_for(to)
     try:
@@ -360,31 +466,42 @@ def promote(
                 {"superseded_by": review.version, "superseded_at": when},
                 PROMOTION_PREFIX,
             )
+            _append_event(
+                client,
+                name,
+                review.current_version,
+                {
+                    "event": "superseded",
+                    "alias": to,
+                    "actor": who,
+                    "at": when,
+                    "reason": why,
+                    "from_version": review.current_version,
+                    "to_version": review.version,
+                },
+            )
         client.set_registered_model_alias(name, to, review.version)
     except MlflowException as exc:
         raise RegistryError(f"MLflow refused to move {name}@{to} to version {review.version}: {exc}") from exc
-    _set_tags(
-        client,
-        name,
-        review.version,
-        {
-            "alias": to,
-            "actor": who,
-            "at": when,
-            "reason": why,
-            "from_version": review.current_version or "none",
-            # Written on every promotion, not only forced ones, so a stale "true" never survives a clean one.
-            "forced": str(force).lower(),
-            "failed_checks": ",".join(review.failures) or "none",
-        },
-        PROMOTION_PREFIX,
-    )
+    audit = {
+        "alias": to,
+        "actor": who,
+        "at": when,
+        "reason": why,
+        "from_version": review.current_version or "none",
+        # Written on every promotion, not only forced ones, so a stale "true" never survives a clean one;
+        # "true" only when --force overrode a failed check (a --force on a passing version changed nothing).
+        "forced": str(overrode).lower(),
+        "failed_checks": ",".join(review.failures) or "none",
+    }
+    _set_tags(client, name, review.version, audit, PROMOTION_PREFIX)
+    _append_event(client, name, review.version, {"event": "promotion", **audit, "to_version": review.version})
     return PromotionResult(
         name=name,
         version=review.version,
         alias=to,
         replaced_version=review.current_version,
-        forced=force,
+        forced=overrode,
         changed=True,
         actor=who,
         at=when,
@@ -463,6 +580,8 @@ def rollback(
     }
     _set_tags(client, name, restored, audit, ROLLBACK_PREFIX)
     _set_tags(client, name, demoted, audit, ROLLBACK_PREFIX)
+    for version in (restored, demoted):
+        _append_event(client, name, version, {"event": "rollback", **audit})
     return RollbackResult(name, alias, demoted, restored, new_previous, who, when, why, withdraw_candidate)
 
 
@@ -472,3 +591,25 @@ def _set_tags(client: MlflowClient, name: str, version: str, tags: Mapping[str, 
             client.set_model_version_tag(name, version, f"{prefix}{key}", value)
     except MlflowException as exc:
         raise RegistryError(f"MLflow refused to tag {name} version {version}: {exc}") from exc
+
+
+def history_events(version: ModelVersion) -> list[dict[str, str]]:
+    """The version's audit events (``edgefleet.history.<n>.*`` tags), oldest first, each with its ``n``."""
+    events: dict[int, dict[str, str]] = {}
+    for key, value in version.tags.items():
+        if not key.startswith(HISTORY_PREFIX):
+            continue
+        number, _, field = key[len(HISTORY_PREFIX) :].partition(".")
+        if number.isdigit() and field:
+            events.setdefault(int(number), {"n": number})[field] = value
+    return [events[n] for n in sorted(events)]
+
+
+def _append_event(client: MlflowClient, name: str, version: str, event: Mapping[str, str]) -> None:
+    """Add one event under the next free ``edgefleet.history.<n>.``; earlier events are never rewritten."""
+    try:
+        current = client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise RegistryError(f"MLflow refused to read {name} version {version}: {exc}") from exc
+    used = [int(e["n"]) for e in history_events(current)]
+    _set_tags(client, name, version, event, f"{HISTORY_PREFIX}{max(used, default=0) + 1}.")

@@ -17,18 +17,21 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import mlflow
-import mlflow.onnx
-import onnx
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils import workspace_utils
 
 from ml.files import file_sha256
 from registry.errors import ModelNotFoundError, RegistryError
 from registry.lineage import Lineage
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
 
 TAG_PREFIX = "edgefleet."
 CONTENT_HASH_TAG = "edgefleet.content_hash"
@@ -61,6 +64,47 @@ def client_for(tracking_uri: str | None = None) -> MlflowClient:
     """An MLflow client on ``tracking_uri`` (or the process's configured URI), registry on the same store."""
     uri = tracking_uri or mlflow.get_tracking_uri()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+class RegistryFirstClient(MlflowClient):
+    """An ``MlflowClient`` that opens the tracking and tracing stores only when a call needs them.
+
+    ``MlflowClient()`` opens the tracking store in its constructor; on a SQL store that imports MLflow's
+    whole tracking and GenAI schema (about 0.5 s), which ``edgefleet models list/show/promote`` never use:
+    they call only registry methods (and the artifact repository of a version's storage location). The
+    attributes below are the ones ``MlflowClient.__init__`` sets in the pinned MLflow (3.17); the two
+    stores are built on first use exactly as it builds them, so every other method keeps working.
+    """
+
+    def __init__(self, uri: str) -> None:
+        # Deliberately not super().__init__(): it is what opens the tracking store eagerly.
+        self._lazy_uri = uri
+        self._registry_uri = uri
+        self._workspace_store_uri = workspace_utils.resolve_workspace_store_uri(None, tracking_uri=uri)
+        self._workspace_client = None
+
+    @property
+    def tracking_uri(self) -> str:
+        """The store's URI, without opening the tracking store."""
+        return self._lazy_uri
+
+    # MlflowClient declares these as plain attributes; a cached property builds them on first read.
+    @cached_property
+    def _tracking_client(self) -> Any:  # type: ignore[override]
+        from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+        return TrackingServiceClient(self._lazy_uri)
+
+    @cached_property
+    def _tracing_client(self) -> Any:  # type: ignore[override]
+        from mlflow.tracing.client import TracingClient
+
+        return TracingClient(self._lazy_uri)
+
+
+def registry_client_for(tracking_uri: str) -> MlflowClient:
+    """A client for registry reads and alias/tag writes that does not open the tracking store up front."""
+    return RegistryFirstClient(tracking_uri)
 
 
 def ensure_experiment(tracking_uri: str, name: str, *, artifact_location: str) -> str:
@@ -123,6 +167,9 @@ def log_teacher(
     Raises:
         RegistryError: MLflow refused to store the teacher.
     """
+    import mlflow.onnx  # here, not at module level: onnx's import costs ~0.7 s that reads never need
+    import onnx
+
     try:
         with _active_run(experiment_name, "teacher"):
             info = mlflow.onnx.log_model(
@@ -180,6 +227,9 @@ def register_variant(
     Raises:
         RegistryError: MLflow refused the registration.
     """
+    import mlflow.onnx
+    import onnx
+
     client = client_for()
     digest = content_hash(onnx_path, lineage)
     existing = find_by_content(client, model_name, digest)
@@ -298,36 +348,54 @@ def model_aliases(client: MlflowClient, name: str) -> dict[str, str]:
     return {str(alias): str(version) for alias, version in (registered.aliases or {}).items()}
 
 
+def _search_versions(client: MlflowClient, filter_string: str | None = None) -> list[ModelVersion]:
+    """Every version matching ``filter_string``, all pages, in one query per page of 200."""
+    versions: list[ModelVersion] = []
+    token: str | None = None
+    while True:
+        page = client.search_model_versions(filter_string, max_results=200, page_token=token)
+        versions.extend(page)
+        token = page.token
+        if not token:
+            return versions
+
+
+def _newest_first(versions: list[ModelVersion]) -> list[ModelVersion]:
+    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
 def model_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
     """Every version of ``name``, newest first.
 
     Raises:
         ModelNotFoundError: No registered model called ``name``.
     """
-    model_aliases(client, name)  # a clear error for an unknown model instead of an empty list
-    versions: list[ModelVersion] = []
-    token: str | None = None
-    while True:
-        page = client.search_model_versions(f"name = '{name}'", max_results=200, page_token=token)
-        versions.extend(page)
-        token = page.token
-        if not token:
-            break
-    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+    versions = _search_versions(client, f"name = '{name}'")
+    if not versions:
+        model_aliases(client, name)  # a clear error for an unknown model instead of an empty list
+    return _newest_first(versions)
+
+
+def edgefleet_versions(client: MlflowClient) -> dict[str, list[ModelVersion]]:
+    """Name → versions (newest first) of every registered model holding an EdgeFleet version.
+
+    One search over every version (paged), instead of one search to find the names and one more per model.
+    A model counts when at least one of its versions has the ``edgefleet.profile`` tag; model-version tag
+    filters cannot test "tag exists", so the filter is applied here.
+    """
+    grouped: dict[str, list[ModelVersion]] = {}
+    for version in _search_versions(client):
+        grouped.setdefault(str(version.name), []).append(version)
+    return {
+        name: _newest_first(versions)
+        for name, versions in sorted(grouped.items())
+        if any(PROFILE_TAG in v.tags for v in versions)
+    }
 
 
 def edgefleet_model_names(client: MlflowClient) -> list[str]:
     """Names of the registered models that hold at least one EdgeFleet version (``edgefleet.profile`` tag)."""
-    names: set[str] = set()
-    token: str | None = None
-    while True:
-        # Model-version tag filters cannot test "tag exists", so page through versions and keep the tagged.
-        page = client.search_model_versions(max_results=200, page_token=token)
-        names.update(str(v.name) for v in page if PROFILE_TAG in v.tags)
-        token = page.token
-        if not token:
-            break
-    return sorted(names)
+    return list(edgefleet_versions(client))
 
 
 def logged_model_id(version: ModelVersion) -> str | None:
@@ -344,21 +412,23 @@ def logged_model_id(version: ModelVersion) -> str | None:
 
 
 def version_artifacts(client: MlflowClient, version: ModelVersion) -> list[tuple[str, int | None]]:
-    """Every file stored with a version's LoggedModel, as (relative path, size in bytes), sorted by path.
+    """Every file stored with a version, as (relative path, size in bytes), sorted by path.
+
+    Lists the version's storage location (its LoggedModel's artifact folder) through the artifact
+    repository, without opening the tracking store and without downloading anything.
 
     Raises:
-        RegistryError: The version has no LoggedModel, or its artifact store cannot be listed.
+        RegistryError: The version has no storage location, or its artifact store cannot be listed.
     """
-    model_id = logged_model_id(version)
-    if model_id is None:
-        raise RegistryError(
-            f"{version.name} version {version.version} has no logged model (source {version.source!r})"
-        )
-    files: list[tuple[str, int | None]] = []
-    pending: list[str | None] = [None]
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
     try:
+        location = client.get_model_version_download_uri(str(version.name), str(version.version))
+        repository = get_artifact_repository(location)
+        files: list[tuple[str, int | None]] = []
+        pending: list[str | None] = [None]
         while pending:
-            for info in client.list_logged_model_artifacts(model_id, pending.pop()):
+            for info in repository.list_artifacts(pending.pop()):
                 if info.is_dir:
                     pending.append(info.path)
                 else:

@@ -18,9 +18,12 @@ from rich.text import Text
 from ml.gates import GateResult
 from registry.promotion import (
     NO_GATES_CHECK,
+    OTA_HISTORY_CHECK,
     PROMOTION_PREFIX,
     ROLLBACK_PREFIX,
+    TEXT_CHECKS,
     PromotionReview,
+    history_events,
 )
 from registry.store import (
     CONTENT_HASH_TAG,
@@ -180,10 +183,13 @@ def version_detail(
         metric_table.add_row(metric, format_metric(metric, metrics[metric]))
     parts.append(metric_table)
     parts.append(gates_table("gates (re-checked on the recorded metrics)", {number: gates}))
-    for prefix, title in ((PROMOTION_PREFIX, "promotion"), (ROLLBACK_PREFIX, "rollback")):
+    for prefix, title in ((PROMOTION_PREFIX, "latest promotion"), (ROLLBACK_PREFIX, "latest rollback")):
         audit = _tags_under(version, prefix)
         if audit:
             parts.append(_key_value_table(title, audit))
+    events = history_events(version)
+    if events:
+        parts.append(history_table(events))
     artifact_table = Table(title="artifacts", title_justify="left")
     artifact_table.add_column("path", overflow="fold")
     artifact_table.add_column("bytes", justify="right")
@@ -193,6 +199,20 @@ def version_detail(
     return Group(*parts)
 
 
+HISTORY_COLUMNS = ("event", "alias", "from_version", "to_version", "actor", "at", "forced", "reason")
+
+
+def history_table(events: Sequence[Mapping[str, str]]) -> Table:
+    """Every promotion, supersession and rollback of a version, oldest first (the append-only trail)."""
+    table = Table(title="history (append-only)", title_justify="left")
+    table.add_column("#", justify="right", no_wrap=True)
+    for column in HISTORY_COLUMNS:
+        table.add_column(column.replace("_version", ""), overflow="fold")
+    for event in events:
+        table.add_row(event["n"], *(event.get(column, "—") for column in HISTORY_COLUMNS))
+    return table
+
+
 def _verdict(result: GateResult) -> Text:
     return Text("pass", style="green") if result.passed else Text("FAIL", style="bold red")
 
@@ -200,7 +220,14 @@ def _verdict(result: GateResult) -> Text:
 def _limit(result: GateResult) -> str:
     if result.gate == NO_GATES_CHECK:
         return "present"
+    if result.gate in TEXT_CHECKS:
+        return "not aborted" if result.gate == OTA_HISTORY_CHECK else "matches"
     return f"{result.comparison} {format_metric(result.gate, result.limit)}"
+
+
+def _measured(result: GateResult) -> str:
+    # Text checks (sha256, OTA history) carry their finding as a sentence in ``metric``.
+    return result.metric if result.gate in TEXT_CHECKS else format_metric(result.gate, result.measured)
 
 
 def gates_table(title: str, results: Mapping[str, Sequence[GateResult]]) -> Table:
@@ -213,13 +240,7 @@ def gates_table(title: str, results: Mapping[str, Sequence[GateResult]]) -> Tabl
     table.add_column("result", no_wrap=True)
     for version, rows in results.items():
         for result in rows:
-            table.add_row(
-                version,
-                result.gate,
-                format_metric(result.gate, result.measured),
-                _limit(result),
-                _verdict(result),
-            )
+            table.add_row(version, result.gate, _measured(result), _limit(result), _verdict(result))
     return table
 
 
@@ -253,16 +274,15 @@ def review_table(review: PromotionReview) -> Table:
     )
     table.add_column("kind", no_wrap=True)
     table.add_column("check", no_wrap=True)
-    table.add_column("measured", justify="right", no_wrap=True)
+    table.add_column("measured", justify="right", overflow="fold")
     table.add_column("limit", justify="right", no_wrap=True)
     table.add_column("result", no_wrap=True)
-    for kind, rows in (("gate", review.gates), ("margin", review.margins)):
+    for kind, rows in (
+        ("gate", review.gates),
+        ("artifact", review.artifact),
+        ("ota", review.history),
+        ("margin", review.margins),
+    ):
         for result in rows:
-            table.add_row(
-                kind,
-                result.gate,
-                format_metric(result.gate, result.measured),
-                _limit(result),
-                _verdict(result),
-            )
+            table.add_row(kind, result.gate, _measured(result), _limit(result), _verdict(result))
     return table

@@ -47,7 +47,7 @@ from ota.core.manifest import (
 from ota.edge.api import DeviceApi
 from ota.edge.backoff import full_jitter_delay, jittered_interval
 from ota.edge.config import AgentConfig
-from ota.edge.errors import EdgeError, FetchError, SlotError, VerificationError
+from ota.edge.errors import EdgeError, FetchError, IdentityError, SlotError, VerificationError
 from ota.edge.fetch import Fetcher, make_client
 from ota.edge.fsutil import ensure_private_dir
 from ota.edge.identity import DeviceIdentity, Enrolment
@@ -136,8 +136,16 @@ class Agent:
         ensure_private_dir(state_dir)  # 0700: the key, the state and the models are this agent's alone
         self.identity = DeviceIdentity(state_dir)
         self.identity.load_or_create_key()
+        # Once enrolled, the device is who the server knows: the stored id and profile win over the
+        # defaults (derived id, detected profile), so `agent status` and a restart without --device-id or
+        # --profile show and use the identity the server has. Explicit arguments still win.
+        enrolled = self._stored_enrolment()
+        if profile in (None, "auto") and enrolled is not None and enrolled.hardware_profile:
+            profile = enrolled.hardware_profile
         self.hardware: HardwareProfile = detect_profile(override_name=profile)
-        self.device_id = device_id or self.identity.default_device_id()
+        self.device_id = (
+            device_id or (enrolled.device_id if enrolled else "") or self.identity.default_device_id()
+        )
         self.fetcher = Fetcher(config=self.config, client=self.client, rng=self.rng)
         self.installer = Installer(
             state_dir=state_dir,
@@ -165,6 +173,13 @@ class Agent:
         self._etag: str | None = None
         self._errors_in_a_row = 0
         self._started = False
+
+    def _stored_enrolment(self) -> Enrolment | None:
+        """The stored enrolment, or None; a malformed one is reported by the first poll, not here."""
+        try:
+            return self.identity.load_enrolment()
+        except IdentityError:
+            return None
 
     # ---- the loop ---------------------------------------------------------------------------------
 
@@ -276,7 +291,10 @@ class Agent:
             self._etag = new_etag
             return PollResult("skipped", delay, "this assignment failed before; waiting for a new one")
         try:
-            plan = self._plan(enrolment, assignment, current)
+            try:
+                plan = self._plan(enrolment, assignment, current)
+            except FetchError as exc:
+                plan = self._plan_with_corrected_urls(enrolment, assignment, current, exc)
         except VerificationError as exc:
             self._remember_failure(failure_key)
             self._report_failure(assignment, str(exc), attack=True)
@@ -434,16 +452,69 @@ class Agent:
         path = f"{directory}{sep}{sha256}.{basename}" if consistent else name
         return enrolment.targets_url.rstrip("/") + "/" + quote(path)
 
+    def _plan_with_corrected_urls(
+        self, enrolment: Enrolment, assignment: Assignment, current: str | None, failure: FetchError
+    ) -> UpdatePlan:
+        """Recover from repository URLs stored while the server advertised a wrong public URL.
+
+        The stored metadata URL failed to download, while the server this agent was started with has just
+        answered the assignment. Ask that server again: re-enrol with the existing key (the enrol endpoint
+        answers the same device again) when this start has a provisioning token; URLs it answers that
+        differ from the stored ones replace them on disk once a plan was made with them. Otherwise (no
+        token, or the server still advertises the same URLs) try the server's standard layout under the
+        agent's own server URL for this poll only, without storing it: a transient outage of a separate
+        repository host (a CDN) must not move the device off it for good. Everything downloaded from any
+        of these URLs is verified by TUF exactly as before, and the trusted root is never replaced, so a
+        URL is not a trust decision.
+
+        Raises:
+            FetchError: ``failure`` when the stored URLs are already the server's own, or the retry failed.
+            VerificationError: The retry was refused.
+        """
+        if enrolment.metadata_url.startswith(self.server_url + "/"):
+            raise failure  # already the server's own URLs: a real outage, not a stale enrolment
+        answered: Enrolment | None = None
+        if self.provisioning_token is not None:
+            try:
+                enrolled = self._enrol()
+            except EdgeError as exc:
+                log.warning("re-enrolment to refresh the repository URLs failed: %s", exc)
+            else:
+                answered = enrolled[0] if enrolled is not None else None
+        if answered is not None and answered.metadata_url != enrolment.metadata_url:
+            log.warning(
+                "repository URL %s failed (%s); the server now says %s",
+                enrolment.metadata_url,
+                failure,
+                answered.metadata_url,
+            )
+            plan = self._plan(answered, assignment, current)
+            self.identity.store_enrolment(answered, {})  # the stored root stays: it is never swapped
+            return plan
+        own = replace(
+            enrolment,
+            metadata_url=f"{self.server_url}/tuf/metadata/",
+            targets_url=f"{self.server_url}/tuf/targets/",
+        )
+        log.warning(
+            "repository URL %s failed (%s); trying %s for this poll",
+            enrolment.metadata_url,
+            failure,
+            own.metadata_url,
+        )
+        return self._plan(own, assignment, current)
+
     # ---- enrolment, tokens, reports ------------------------------------------------------------------
 
-    def _ensure_enrolled(self) -> Enrolment:
-        enrolment = self.identity.load_enrolment()
-        if enrolment is not None and enrolment.admission == AdmissionState.ACCEPTED.value:
-            return enrolment
-        if self.provisioning_token is None:
-            if enrolment is not None:
-                return enrolment
-            raise EdgeError("this device is not enrolled; pass --provisioning-token")
+    def _enrol(self) -> tuple[Enrolment, dict[str, Any]] | None:
+        """Enrol (or re-enrol with the same key); return the enrolment and TUF root, None when refused.
+
+        Nothing is stored here.
+
+        Raises:
+            EdgeError: The call failed (see :meth:`ota.edge.api.DeviceApi.enrol`).
+        """
+        assert self.provisioning_token is not None
         request = EnrolmentRequest(
             device_id=self.device_id,
             provisioning_token=self.provisioning_token,
@@ -455,15 +526,30 @@ class Agent:
         )
         answer = self.api.enrol(request)
         if answer is None:
-            return Enrolment(self.device_id, "", "", {}, AdmissionState.REJECTED.value)
+            return None
         enrolment = Enrolment(
             device_id=answer.device_id,
             metadata_url=answer.metadata_url,
             targets_url=answer.targets_url,
             director_key=answer.director_key,
             admission=answer.state.value,
+            hardware_profile=self.hardware.name,
         )
-        self.identity.store_enrolment(enrolment, answer.tuf_root)
+        return enrolment, answer.tuf_root
+
+    def _ensure_enrolled(self) -> Enrolment:
+        enrolment = self.identity.load_enrolment()
+        if enrolment is not None and enrolment.admission == AdmissionState.ACCEPTED.value:
+            return enrolment
+        if self.provisioning_token is None:
+            if enrolment is not None:
+                return enrolment
+            raise EdgeError("this device is not enrolled; pass --provisioning-token")
+        answered = self._enrol()
+        if answered is None:
+            return Enrolment(self.device_id, "", "", {}, AdmissionState.REJECTED.value)
+        enrolment, tuf_root = answered
+        self.identity.store_enrolment(enrolment, tuf_root)
         return enrolment
 
     def _ensure_token(self) -> str:
@@ -607,9 +693,11 @@ def agent_from_args(
 def describe(agent: Agent) -> dict[str, Any]:
     """Return a JSON-able summary of the agent's identity and state, for ``agent status``."""
     state = agent.installer.state()
+    enrolment = agent._stored_enrolment()
     return {
         "device_id": agent.device_id,
         "profile": agent.hardware.name,
+        "admission": enrolment.admission if enrolment else "not enrolled",
         "hardware": agent.hardware.to_details(),
         "phase": state.phase.value,
         "committed": None if state.committed is None else state.committed.to_json(),

@@ -120,9 +120,30 @@ agent_app.command("profile")(profile)
 
 @fleet_app.command("simulate")
 def simulate(
-    server: ServerOption,
+    server: Annotated[
+        str, typer.Option("--server", envvar="EDGEFLEET_SERVER", help="Base URL of the OTA server.")
+    ],
     devices: Annotated[int, typer.Option("--devices", min=1, help="How many agents to run.")] = 10,
-    provisioning_token: Annotated[str, typer.Option("--provisioning-token", help="Auto-accept token.")] = "",
+    provisioning_token: Annotated[
+        str,
+        typer.Option(
+            "--provisioning-token",
+            envvar="EDGEFLEET_PROVISIONING_TOKEN",
+            help="Provisioning token the devices enrol with. Without one, an admin operator token "
+            "(EDGEFLEET_OPERATOR_TOKEN) creates an auto-accepting one.",
+            show_default=False,
+        ),
+    ] = "",
+    operator_token: Annotated[
+        str,
+        typer.Option(
+            "--operator-token",
+            envvar="EDGEFLEET_OPERATOR_TOKEN",
+            help="Operator token: reads releases and rollouts (profile, convergence); with the admin "
+            "scope it creates the provisioning token.",
+            show_default=False,
+        ),
+    ] = "",
     fail_rate: Annotated[
         float, typer.Option("--fail-rate", min=0.0, max=1.0, help="Health-check failures.")
     ] = 0.0,
@@ -133,22 +154,37 @@ def simulate(
         float, typer.Option("--crash-rate", min=0.0, max=1.0, help="Crash mid-install.")
     ] = 0.0,
     processes: Annotated[int, typer.Option("--processes", min=1, help="Worker processes.")] = 2,
-    duration: Annotated[float, typer.Option("--duration", help="Stop after this many seconds.")] = 300.0,
+    duration: Annotated[
+        float, typer.Option("--duration", help="Stop after this many seconds if not converged.")
+    ] = 300.0,
     poll_interval: Annotated[float, typer.Option("--poll-interval", help="Seconds between polls.")] = 2.0,
-    work_dir: Annotated[Path, typer.Option("--work-dir", help="State dirs go here.")] = Path(
-        ".edgefleet/fleet"
-    ),
+    work_dir: Annotated[
+        Path, typer.Option("--work-dir", help="Device state dirs go here, one folder per server.")
+    ] = Path(".edgefleet/fleet"),
     profile_name: Annotated[
-        str, typer.Option("--profile", help="Hardware profile of every device.")
+        str,
+        typer.Option("--profile", help="Hardware profile of every device; 'auto': the releases' profile."),
     ] = "auto",
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Run N real agents against a server, inject failures, show progress and a summary.
+    """Run N real agents against a server until the fleet converges; inject failures; summarise.
+
+    The fleet has converged when every device runs what its assignment names (or gave up on it after a
+    failure) and no rollout of its profile is still running.
 
     Raises:
-        typer.Exit: With code 1 when the simulation cannot start.
+        typer.Exit: With code 1 when the simulation cannot start (the message names the cause), when
+            the fleet did not converge before ``--duration``, or when it converged with no device running
+            a release.
     """
-    from ota.edge.fleet import FleetOptions, simulate_fleet
+    from ota.edge.fleet import (
+        FleetOptions,
+        FleetSetupError,
+        fleet_converged,
+        prepare_fleet,
+        simulate_fleet,
+        throttled,
+    )
 
     options = FleetOptions(
         server=server,
@@ -165,10 +201,52 @@ def simulate(
         seed=seed,
     )
     try:
-        simulate_fleet(options)
+        options, api = prepare_fleet(options, operator_token=operator_token or None)
     except EdgeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    rollout_running = None
+    if api is not None:
+        profile = options.profile
+
+        def running() -> bool:
+            try:
+                return api.profile_rollout_running(profile)
+            except FleetSetupError as exc:
+                logging.getLogger(__name__).warning("cannot read rollouts: %s", exc)
+                return True  # unknown: do not call the fleet converged on a guess
+
+        rollout_running = throttled(running, every_s=1.0)
+    else:
+        typer.echo(
+            "note: no operator token, so rollouts are not visible; the fleet counts as converged when "
+            "every device runs its current assignment",
+            err=True,
+        )
+    typer.echo(f"fleet: {devices} devices, profile {options.profile}, state in {options.work_dir}", err=True)
+    try:
+        summary = simulate_fleet(
+            options,
+            converged=lambda s: fleet_converged(s, devices=devices, rollout_running=rollout_running),
+        )
+    except EdgeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if not summary.converged:
+        causes = "; ".join(f"{n}× {cause}" for cause, n in summary.causes.most_common(3)) or "no errors"
+        typer.echo(
+            f"error: the fleet did not converge in {duration:.0f} s: {summary.settled()} of {devices} "
+            f"devices run their assignment ({causes})",
+            err=True,
+        )
+        raise typer.Exit(1)
+    if summary.running_a_release() == 0:
+        typer.echo(
+            "error: the fleet converged with nothing installed: no rollout assigns a "
+            f"{options.profile} release to these devices, or it was aborted (see edgefleet rollout status)",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 _agent_only = typer.Typer(add_completion=False)

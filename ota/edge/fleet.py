@@ -11,27 +11,38 @@ report queue, talking HTTP to the server like a real device. Failures can be inj
   the same state dir, which counts a boot on trial and carries on (like a reboot).
 
 Workers send one event per poll to the parent, which draws rich progress bars (devices per version) and
-prints a summary at the end: devices per version, bytes downloaded compared with full downloads, deltas,
-failures, rollbacks and attacks. ``edgefleet fleet simulate`` and the demo and load benchmarks use it.
+prints a summary at the end: devices per version, bytes downloaded compared with full downloads (one
+definition, :func:`ota.core.savings.bytes_saved`), deltas, failures, rollbacks, attacks, and the causes of
+errors grouped (HTTP status with the server's message, connection refused, TUF refusal, …).
+
+``edgefleet fleet simulate`` prepares a run with :func:`prepare_fleet` before starting any agent: it needs
+a provisioning token (or creates one with an operator token), keeps device identities per server (the work
+dir has one folder per server URL and server identity, so identities enrolled with another server are never
+reused), takes the profile from the server's releases, and stops once the fleet has converged
+(:func:`fleet_converged`). The demo and load benchmarks call :func:`simulate_fleet` directly.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import queue
 import random
+import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from ota.core.logs import quiet_library_loggers
+from ota.core.savings import bytes_saved
 from ota.edge.config import AgentConfig
 from ota.edge.errors import EdgeError
 from ota.edge.health import HealthResult, run_health_check
@@ -77,15 +88,41 @@ class DeviceStatus:
     attacks: int = 0
     errors: int = 0
     crashes: int = 0
+    #: The device runs what its assignment names (``up-to-date``; ``no-target`` when it names nothing), or
+    #: has given up on the assignment after a failure and waits for a new one (``skipped``). A 304 keeps
+    #: the last value.
+    settled: bool = False
+    last_outcome: str = "-"
+
+
+#: Poll outcomes after which a device runs its assignment or waits for a new one.
+SETTLED_OUTCOMES = frozenset({"up-to-date", "no-target", "skipped"})
 
 
 @dataclass
 class FleetSummary:
-    """What the fleet did, aggregated over devices."""
+    """What the fleet did, aggregated over devices.
+
+    Attributes:
+        devices: Per-device status, by device id.
+        causes: How many errors, failures and refusals each cause produced (see :func:`error_cause`).
+        converged: True when the run stopped because the fleet converged, False when it ran out of time,
+            None when the caller gave no convergence test.
+    """
 
     devices: dict[str, DeviceStatus] = field(default_factory=dict)
+    causes: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    converged: bool | None = None
+
+    def settled(self) -> int:
+        """How many devices run their assignment (or wait for a new one)."""
+        return sum(1 for status in self.devices.values() if status.settled)
+
+    def running_a_release(self) -> int:
+        """How many devices have a committed model."""
+        return sum(1 for status in self.devices.values() if status.version != "-")
 
     def versions(self) -> Counter[str]:
         """Return how many devices run each version."""
@@ -306,6 +343,11 @@ def _apply(summary: FleetSummary, event: dict[str, Any]) -> None:
     status = summary.devices.setdefault(event["device"], DeviceStatus())
     status.polls += 1
     outcome = event["outcome"]
+    status.last_outcome = outcome
+    if outcome != "unchanged":
+        status.settled = outcome in SETTLED_OUTCOMES
+    if outcome in {"error", "failed", "rolled-back", "pending", "rejected", "crashed"}:
+        summary.causes[error_cause(outcome, event.get("detail"))] += 1
     if "version" in event:
         status.version = event["version"]
     status.bytes_downloaded += int(event.get("bytes", 0))
@@ -354,6 +396,7 @@ def simulate_fleet(
     *,
     until: Callable[[FleetSummary], bool] | None = None,
     on_tick: Callable[[FleetSummary], None] | None = None,
+    converged: Callable[[FleetSummary], bool] | None = None,
 ) -> FleetSummary:
     """Run the fleet until ``duration_s`` passes or ``until(summary)`` is true; print the summary.
 
@@ -361,6 +404,8 @@ def simulate_fleet(
         options: Fleet size, failure rates, timing.
         until: Optional stop condition, checked a few times a second.
         on_tick: Called a few times a second (benchmarks drive rollouts from it).
+        converged: Optional convergence test (see :func:`fleet_converged`): the run stops when it is true
+            and ``summary.converged`` says whether it was (False when the duration ran out first).
 
     Returns:
         The aggregated summary.
@@ -394,6 +439,12 @@ def simulate_fleet(
                     on_tick(summary)
                 if until is not None and until(summary):
                     break
+                if converged is not None and converged(summary):
+                    summary.converged = True
+                    break
+            else:
+                if converged is not None:
+                    summary.converged = False
     finally:
         stop.set()
         summary.finished = time.monotonic()
@@ -459,7 +510,7 @@ class _FleetProgress:
 
 
 def print_summary(summary: FleetSummary) -> None:
-    """Print the end-of-run table: devices per version, bytes against full downloads, failures."""
+    """Print the end-of-run table: devices per version, bytes against full downloads, causes of errors."""
     from rich.console import Console
     from rich.table import Table
 
@@ -471,19 +522,297 @@ def print_summary(summary: FleetSummary) -> None:
     for version, count in sorted(summary.versions().items()):
         versions.add_row(version, str(count))
     console.print(versions)
-    saved = 1 - totals["bytes_downloaded"] / totals["full_bytes"] if totals["full_bytes"] else 0.0
+    savings = bytes_saved(totals["bytes_downloaded"], totals["full_bytes"])
     stats = Table(show_header=False)
     for label, value in (
         ("installs (delta)", f"{totals['installs']} ({totals['delta_installs']})"),
         ("bytes downloaded", f"{totals['bytes_downloaded']:,}"),
         ("bytes if every install were full", f"{totals['full_bytes']:,}"),
-        ("bandwidth saved", f"{saved:.1%}"),
+        ("bytes saved", f"{savings.saved_bytes:,} ({savings.saved_fraction:.1%})"),
+        ("bytes beyond full downloads", f"{savings.overhead_bytes:,}"),
         (
             "failures / rollbacks / attacks",
             f"{totals['failures']} / {totals['rollbacks']} / {totals['attacks']}",
         ),
-        ("network errors / simulated crashes", f"{totals['errors']} / {totals['crashes']}"),
+        ("errors / simulated crashes", f"{totals['errors']} / {totals['crashes']}"),
         ("polls", str(totals["polls"])),
+        ("devices settled", f"{summary.settled()} of {len(summary.devices)}"),
     ):
         stats.add_row(label, value)
     console.print(stats)
+    if summary.causes:
+        causes = Table(title="causes of errors, failures and refusals")
+        causes.add_column("count", justify="right")
+        causes.add_column("cause", overflow="fold")
+        for cause, count in summary.causes.most_common():
+            causes.add_row(str(count), cause)
+        console.print(causes)
+    if summary.converged is True:
+        console.print(f"[green]converged[/] in {summary.duration_s:.1f} s")
+    elif summary.converged is False:
+        console.print(
+            f"[bold red]not converged[/] after {summary.duration_s:.1f} s: "
+            f"{summary.settled()} of {len(summary.devices)} devices run their assignment"
+        )
+
+
+# ---- causes of errors ------------------------------------------------------------------------------
+
+_STATUS = re.compile(r"answered (\d{3}): ?(.*)$", re.S)
+
+
+def error_cause(outcome: str, detail: str | None) -> str:
+    """Name the cause of a failed poll, coarsely enough to group a fleet's errors by it.
+
+    Args:
+        outcome: The poll outcome (``error``, ``failed``, ``pending``, ...).
+        detail: The poll's detail text (the edge error's type and message).
+
+    Returns:
+        A short label: ``HTTP 401: <server message>``, ``connection refused``, ``TUF refusal: ...``, ...
+    """
+    text = detail or ""
+    if outcome == "pending":
+        return "awaiting admission: the provisioning token does not auto-accept (edgefleet devices accept)"
+    if outcome == "rejected":
+        return "device rejected or revoked by an operator"
+    if outcome == "crashed":
+        return "simulated crash (injected)"
+    if outcome == "rolled-back":
+        return f"rolled back: {_first_line(text) or 'health check failed'}"
+    status = _STATUS.search(text)
+    if status is not None:
+        return f"HTTP {status.group(1)}: {_server_message(status.group(2))}"
+    lowered = text.lower()
+    if "connection refused" in lowered or "errno 111" in lowered:
+        return "connection refused"
+    if "simulated dropped connection" in lowered or "simulated connection cut" in lowered:
+        return "dropped connection (injected --flaky-network)"
+    if "timed out" in lowered or "timeout" in lowered:
+        return "timeout"
+    if "name or service not known" in lowered or "nodename nor servname" in lowered:
+        return "unknown host"
+    if "tuf" in lowered and ("refused" in lowered or "expired" in lowered):
+        return f"TUF refusal: {_first_line(text)[:160]}"
+    if "not enrolled" in lowered:
+        return "not enrolled: no provisioning token"
+    if outcome == "failed":
+        return f"install failed: {_first_line(text)[:160]}"
+    kind, _, rest = text.partition(":")
+    return f"{kind.strip() or 'error'}: {_first_line(rest)[:160]}" if rest else (kind or "error")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _server_message(snippet: str) -> str:
+    """The server's error message from an answer's body snippet (its JSON ``error``/``detail``)."""
+    try:
+        body = json.loads(snippet)
+    except ValueError:
+        return _first_line(snippet)[:160] or "(no message)"
+    if isinstance(body, dict):
+        for key in ("error", "detail", "message"):
+            if isinstance(body.get(key), str):
+                return str(body[key])[:160]
+    return _first_line(snippet)[:160]
+
+
+# ---- preparing a run against a server ----------------------------------------------------------------
+
+
+class FleetSetupError(EdgeError):
+    """The simulation cannot start: a missing token, an unknown profile, a server that does not answer."""
+
+
+class OperatorApi:
+    """The few operator calls the simulator makes (releases, rollouts, a provisioning token).
+
+    A small local client: when ``ota.client`` (the operator CLI's client) lands, this class should become
+    a thin use of it. Answers are parsed here and every failure is a :class:`FleetSetupError` naming the
+    HTTP status and the server's message.
+
+    Args:
+        server: Base URL of the OTA server.
+        token: An operator token.
+        client: An HTTP client (tests inject a transport).
+    """
+
+    def __init__(self, server: str, token: str, *, client: httpx.Client | None = None) -> None:
+        self.server = server.rstrip("/")
+        self.token = token
+        self.client = client or httpx.Client(timeout=10.0)
+
+    def _call(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
+        try:
+            answer = self.client.request(
+                method, f"{self.server}{path}", headers={"Authorization": f"Bearer {self.token}"}, **kwargs
+            )
+        except httpx.HTTPError as exc:
+            raise FleetSetupError(f"{what}: cannot reach {self.server}: {type(exc).__name__}: {exc}") from exc
+        if answer.status_code >= 400:
+            raise FleetSetupError(
+                f"{what}: the server answered HTTP {answer.status_code}: {_server_message(answer.text[:400])}"
+            )
+        try:
+            return answer.json()
+        except ValueError as exc:
+            raise FleetSetupError(f"{what}: the server's answer is not JSON") from exc
+
+    def releases(self) -> list[dict[str, Any]]:
+        """``GET /v1/releases`` (read scope).
+
+        Raises:
+            FleetSetupError: The call failed or the answer is not a list of releases.
+        """
+        rows = self._call("GET", "/v1/releases", "listing releases")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and "profile" in r for r in rows):
+            raise FleetSetupError("listing releases: the answer is not a list of releases")
+        return rows
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        """``GET /v1/rollouts`` (read scope).
+
+        Raises:
+            FleetSetupError: The call failed or the answer is not a list of rollouts.
+        """
+        rows = self._call("GET", "/v1/rollouts", "listing rollouts")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and "state" in r for r in rows):
+            raise FleetSetupError("listing rollouts: the answer is not a list of rollouts")
+        return rows
+
+    def create_provisioning_token(self, name: str) -> str:
+        """``POST /v1/provisioning-tokens`` with auto-accept (admin scope); return the token's value.
+
+        Raises:
+            FleetSetupError: The call failed (a token without the admin scope gets HTTP 403).
+        """
+        created = self._call(
+            "POST",
+            "/v1/provisioning-tokens",
+            "creating a provisioning token",
+            json={"name": name, "auto_accept": True},
+        )
+        if not isinstance(created, dict) or not isinstance(created.get("token"), str):
+            raise FleetSetupError("creating a provisioning token: the answer has no token")
+        return str(created["token"])
+
+    def profile_rollout_running(self, profile: str) -> bool:
+        """Whether a rollout for ``profile`` is still running (paused ones wait for an operator).
+
+        Raises:
+            FleetSetupError: The call failed.
+        """
+        return any(
+            r.get("state") == "running" and (r.get("selector") or {}).get("profile") == profile
+            for r in self.rollouts()
+        )
+
+
+def server_work_dir(base: Path, server: str, *, client: httpx.Client | None = None) -> Path:
+    """The folder under ``base`` for device identities enrolled with ``server``.
+
+    Keyed by the server URL and, when the server serves it, a fingerprint of its first TUF root (which
+    never changes for a server's life): identities from a run against another server, or against an
+    earlier server on the same port, are never reused, and a later run against the same server finds its
+    devices again.
+    """
+    parts = urlsplit(server.rstrip("/"))
+    readable = re.sub(r"[^A-Za-z0-9.-]+", "_", f"{parts.hostname or 'server'}-{parts.port or ''}").strip("_")
+    fingerprint = hashlib.sha256(server.rstrip("/").encode())
+    try:
+        own = client or httpx.Client(timeout=5.0)
+        answer = own.get(f"{server.rstrip('/')}/tuf/metadata/1.root.json")
+        if answer.status_code == 200:
+            fingerprint.update(answer.content)
+        if client is None:
+            own.close()
+    except httpx.HTTPError:
+        pass  # an unreachable server: the URL alone keys the folder, and the agents report the cause
+    return base / f"{readable}-{fingerprint.hexdigest()[:12]}"
+
+
+def prepare_fleet(
+    options: FleetOptions, *, operator_token: str | None, api: OperatorApi | None = None
+) -> tuple[FleetOptions, OperatorApi | None]:
+    """Resolve the token, profile and work dir of a run before any agent starts.
+
+    Args:
+        options: The options as given (``provisioning_token`` empty and ``profile`` ``auto`` when not).
+        operator_token: An operator token (``EDGEFLEET_OPERATOR_TOKEN``), or None.
+        api: The operator client to use (tests inject one); built from ``operator_token`` otherwise.
+
+    Returns:
+        The resolved options and the operator client (None without an operator token).
+
+    Raises:
+        FleetSetupError: No provisioning token and no way to create one; a profile with no release, with
+            the profiles that have one; an ``auto`` profile without an operator token; a server call failed.
+    """
+    if api is None and operator_token:
+        api = OperatorApi(options.server, operator_token)
+    token = options.provisioning_token
+    if not token:
+        if api is None:
+            raise FleetSetupError(
+                "no provisioning token: pass --provisioning-token (or set EDGEFLEET_PROVISIONING_TOKEN), "
+                "or set EDGEFLEET_OPERATOR_TOKEN to an admin token to create one"
+            )
+        token = api.create_provisioning_token(f"fleet-simulate-{int(time.time())}")
+    profile = options.profile
+    if api is not None:
+        releases = api.releases()
+        profiles = sorted({str(r["profile"]) for r in releases})
+        if not profiles:
+            raise FleetSetupError(
+                f"{options.server} has no release yet: publish one first (edgefleet release publish)"
+            )
+        if profile == "auto":
+            if len(profiles) > 1:
+                raise FleetSetupError(
+                    "the server has releases for several profiles; "
+                    f"pass --profile one of: {', '.join(profiles)}"
+                )
+            profile = profiles[0]
+        elif profile not in profiles:
+            raise FleetSetupError(
+                f"no release for profile {profile!r} on {options.server}; "
+                f"profiles with releases: {', '.join(profiles)}"
+            )
+    elif profile == "auto":
+        raise FleetSetupError(
+            "cannot tell the profile without an operator token: pass --profile, or set "
+            "EDGEFLEET_OPERATOR_TOKEN (read scope) to take it from the server's releases"
+        )
+    work_dir = server_work_dir(options.work_dir, options.server)
+    return replace(options, provisioning_token=token, profile=profile, work_dir=work_dir), api
+
+
+def fleet_converged(
+    summary: FleetSummary, *, devices: int, rollout_running: Callable[[], bool] | None
+) -> bool:
+    """Whether every device runs its assignment (or gave up on it) and no rollout of the profile still runs.
+
+    Args:
+        summary: The fleet so far.
+        devices: How many devices the fleet has.
+        rollout_running: Asks the server whether a rollout of the fleet's profile is still running; None
+            without an operator token (then only the devices' own view counts).
+    """
+    if len(summary.devices) < devices or summary.settled() < devices:
+        return False
+    return rollout_running is None or not rollout_running()
+
+
+def throttled(check: Callable[[], bool], every_s: float) -> Callable[[], bool]:
+    """``check`` called at most once per ``every_s`` seconds; in between, its last answer."""
+    last: list[float | bool] = [0.0, True]
+
+    def call() -> bool:
+        now = time.monotonic()
+        if now - float(last[0]) >= every_s:
+            last[:] = [now, check()]
+        return bool(last[1])
+
+    return call

@@ -3,7 +3,7 @@
 Layout::
 
     identity/device_key.pem    Ed25519 private key, PKCS#8 PEM, 0600, created on first start
-    identity/device.json       device id, profile label, server URLs and the director's public key
+    identity/device.json       device id and profile label as enrolled, server URLs, the director's key
     identity/tuf/root.json     the trusted TUF root received at enrolment (ngclient's starting point;
                                ngclient itself updates it in that folder as root rotates)
 
@@ -40,6 +40,8 @@ class Enrolment:
         targets_url: TUF targets base URL.
         director_key: The director's public key dict.
         admission: The admission state last seen (``accepted``, ``pending``, ``rejected``).
+        hardware_profile: The profile label the device enrolled with (what the server knows it as);
+            empty in enrolments stored before it was kept.
     """
 
     device_id: str
@@ -47,6 +49,7 @@ class Enrolment:
     targets_url: str
     director_key: dict[str, Any]
     admission: str
+    hardware_profile: str = ""
 
     @property
     def director_public_key(self) -> SSlibKey:
@@ -162,6 +165,7 @@ class DeviceIdentity:
                     "targets_url": enrolment.targets_url,
                     "director_key": enrolment.director_key,
                     "admission": enrolment.admission,
+                    "hardware_profile": enrolment.hardware_profile,
                 },
             )
         except (OSError, SlotError) as exc:
@@ -182,7 +186,11 @@ class DeviceIdentity:
         fields = ("device_id", "metadata_url", "targets_url", "director_key", "admission")
         if not isinstance(raw, dict) or any(name not in raw for name in fields):
             raise IdentityError(f"{self.device_path} lacks one of {fields}")
-        enrolment = Enrolment(**{name: raw[name] for name in fields})
+        profile = raw.get("hardware_profile", "")
+        enrolment = Enrolment(
+            **{name: raw[name] for name in fields},
+            hardware_profile=profile if isinstance(profile, str) else "",
+        )
         enrolment.director_public_key  # noqa: B018 - validate the key now, not at the first poll
         return enrolment
 

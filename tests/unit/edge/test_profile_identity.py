@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import stat
+from dataclasses import replace
 
 import pytest
 
@@ -91,3 +93,47 @@ def test_malformed_enrolment_file_is_a_typed_error(tmp_path):
     identity.device_path.write_text('{"device_id": "x"}')
     with pytest.raises(IdentityError):
         identity.load_enrolment()
+
+
+def _enrol(state_dir, device_id: str, profile: str) -> None:
+    identity = DeviceIdentity(state_dir)
+    identity.load_or_create_key()
+    director = DeviceIdentity(state_dir / "other").public_key_dict()
+    enrolment = Enrolment("x", "http://s/tuf/metadata/", "http://s/tuf/targets/", director, "accepted")
+    identity.store_enrolment(replace(enrolment, device_id=device_id, hardware_profile=profile), {})
+
+
+def test_agent_status_shows_the_enrolled_identity_not_the_defaults(tmp_path):
+    """`agent run --device-id cam-7 --profile cam-v2` enrolled; `agent status` says the same (issue 15)."""
+    from typer.testing import CliRunner
+
+    from ota.edge.cli import agent_app
+
+    _enrol(tmp_path, "cam-7", "cam-v2")
+    result = CliRunner().invoke(agent_app, ["status", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert (status["device_id"], status["profile"], status["admission"]) == ("cam-7", "cam-v2", "accepted")
+
+
+def test_a_restart_without_flags_polls_as_the_enrolled_device_and_flags_still_win(tmp_path):
+    from ota.edge.agent import Agent
+
+    _enrol(tmp_path, "cam-7", "cam-v2")
+    restarted = Agent(server_url="http://unused.invalid", state_dir=tmp_path)
+    assert (restarted.device_id, restarted.hardware.name, restarted.api.device_id) == (
+        "cam-7",
+        "cam-v2",
+        "cam-7",
+    )
+    explicit = Agent(server_url="http://unused.invalid", state_dir=tmp_path, device_id="d", profile="p")
+    assert (explicit.device_id, explicit.hardware.name) == ("d", "p")
+
+
+def test_an_enrolment_stored_before_profiles_were_kept_still_loads(tmp_path):
+    _enrol(tmp_path, "cam-7", "cam-v2")
+    identity = DeviceIdentity(tmp_path)
+    raw = json.loads(identity.device_path.read_text())
+    del raw["hardware_profile"]
+    identity.device_path.write_text(json.dumps(raw))
+    assert identity.load_enrolment().hardware_profile == ""
