@@ -16,6 +16,10 @@ from typing import Any, TypeVar
 
 from ota.client.errors import ResponseError
 
+# The rollout report document is owned by ota.core (the server builds it); re-exported for the client's users.
+from ota.core.rollout_report import RolloutReport as RolloutReport
+from ota.core.rollout_report import TimelineEvent as TimelineEvent
+
 T = TypeVar("T")
 
 
@@ -81,53 +85,6 @@ class Rollout:
     succeeded: int
     failed: int
     in_progress: int
-
-
-@dataclass(frozen=True)
-class TimelineEvent:
-    """One audit-log entry about a rollout."""
-
-    at: str
-    actor: str
-    action: str
-    state: str | None = None
-    phase: int | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class RolloutReport:
-    """What ``rollout status`` shows (``GET /v1/rollouts/{id}/report``); bytes saved come from the server,
-    computed by ``ota.core.savings.bytes_saved``."""
-
-    id: str
-    release_id: str
-    model: str
-    version: str
-    previous_release_id: str | None
-    state: str
-    reason: str | None
-    phases: list[float]
-    phase_index: int
-    statuses: dict[str, int]
-    succeeded: int
-    failed: int
-    in_progress: int
-    failure_rate: float
-    failure_threshold: float
-    min_reports_for_abort: int
-    delta_bytes: int
-    full_bytes: int
-    full_equivalent_bytes: int
-    delta_installs: int
-    full_installs: int
-    artifact_bytes: int
-    selftest_bytes: int
-    deltas_published: int
-    saved_bytes: int
-    saved_fraction: float
-    overhead_bytes: int
-    timeline: list[TimelineEvent] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
