@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ota.core.savings import bytes_saved
 from ota.edge.fleet import FleetOptions, simulate_fleet
 
 from .conftest import LiveServer
@@ -94,3 +95,31 @@ def test_health_failures_abort_the_rollout_and_devices_keep_the_old_release(
     assert {row["current_sha256"] for row in rows} == {hashlib.sha256(v1).hexdigest()}
     state = ota_server.get(f"/v1/rollouts/{rollout['id']}")
     print(f"rollout {state['state']}: {state['reason']} ({summary.totals()['rollbacks']} rollbacks)")
+
+
+@pytest.mark.slow
+def test_bytes_saved_agree_between_the_fleet_summary_and_rollout_status(
+    ota_server: LiveServer, tmp_path: Path
+):
+    """Issue 15: one definition of bytes saved; the fleet's summary and the server's rollout report of the
+    same rollout used to disagree (37.3 % vs 47.7 %)."""
+    v1, v2 = linear_onnx(11, size=512), linear_onnx(11, size=512, tweak=0.25)
+    r1 = ota_server.publish(v1, model="m", version="1", profile=PROFILE)["release"]
+    ota_server.rollout(r1["id"])
+    simulate_fleet(options(ota_server, tmp_path), until=all_on("1", 6))
+    r2 = ota_server.publish(v2, model="m", version="2", profile=PROFILE)["release"]
+    rollout = ota_server.rollout(r2["id"])
+    fleet = simulate_fleet(options(ota_server, tmp_path), until=all_on("2", 6))
+    ota_server.wait_rollouts_settled()
+    report = ota_server.get(f"/v1/rollouts/{rollout['id']}/report")
+    totals = fleet.totals()
+    ours = bytes_saved(totals["bytes_downloaded"], totals["full_bytes"])
+    print(
+        f"fleet {ours.describe()}; server saved {report['saved_bytes']:,} B ({report['saved_fraction']:.1%})"
+    )
+    assert totals["delta_installs"] == 6
+    assert (report["delta_bytes"] + report["full_bytes"], report["full_equivalent_bytes"]) == (
+        totals["bytes_downloaded"],
+        totals["full_bytes"],
+    )
+    assert (report["saved_bytes"], report["saved_fraction"]) == (ours.saved_bytes, ours.saved_fraction)
