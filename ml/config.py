@@ -11,7 +11,7 @@ samples to the training split only.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,8 +45,41 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
+class TeacherConfig(TrainConfig):
+    """The teacher: its architecture (``ml.arch``), optional pretrained weights, and how to train it.
+
+    ``weights`` is a local file (a ``state_dict``, a checkpoint with a ``state_dict`` key, or safetensors),
+    loaded strictly; with ``train: false`` (or ``epochs: 0``) it is used as it is.
+    """
+
+    epochs: int = Field(20, ge=0)
+    arch: str = Field(
+        "edgefleet:cnn", description="edgefleet:cnn, torchvision:NAME, timm:NAME or module:callable"
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor kwargs (not num_classes).")
+    weights: str | None = Field(None, description="Local pretrained weights file to start from.")
+    train: bool = Field(True, description="false: use the (pretrained) teacher as it is.")
+    feature_layer: str | None = Field(
+        None, description="Layer whose output distillation matches, e.g. layer3 (default: the CNN's block 2)."
+    )
+
+    @property
+    def trains(self) -> bool:
+        """Whether the teacher is trained at all (``train`` and at least one epoch)."""
+        return self.train and self.epochs > 0
+
+
 class DistillConfig(_Section):
     """Knowledge distillation: loss = α·T²·KL + (1−α)·CE + β·MSE(adapter(f_s), f_t)."""
+
+    arch: str = Field(
+        "edgefleet:cnn", description="edgefleet:cnn, torchvision:NAME, timm:NAME or module:callable"
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor kwargs (not num_classes).")
+    feature_layer: str | None = Field(
+        None,
+        description="Student layer matched to the teacher's, e.g. features.9 (default: the CNN's block 2).",
+    )
 
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1)
@@ -114,8 +147,16 @@ class TrainingPipelineConfig(_Section):
         description="With init_from: `reuse` keeps the parent's teacher unchanged, for distillation and as "
         "the accuracy-drop gate's reference; `fine-tune` trains it first with the `teacher` settings.",
     )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$",
+        description="Where training runs: auto (CUDA when present), cpu, cuda or cuda:N.",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Training precision; bf16/fp16 are mixed precision on CUDA (CPU trains in fp32)."
+    )
     data: DataConfig = DataConfig()
-    teacher: TrainConfig = TrainConfig()
+    teacher: TeacherConfig = TeacherConfig()
     student: DistillConfig = DistillConfig()
     prune: PruneConfig = PruneConfig()
     quantize: QuantizeConfig = QuantizeConfig()
