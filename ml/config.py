@@ -32,6 +32,27 @@ class DataConfig(_Section):
         description="More sources (.npz files or image folders with the same classes and sample shape) "
         "whose samples join the training split only; validation and test stay those of `source`.",
     )
+    input_size: tuple[int, int, int] | None = Field(
+        None, description="(C, H, W) every sample is converted and resized to; None keeps the source's."
+    )
+    mean: tuple[float, ...] | None = Field(None, description="Per-channel mean in the loader's pixel scale.")
+    std: tuple[float, ...] | None = Field(None, description="Per-channel std; None: the training split's.")
+    augment: AugmentConfig | None = None
+
+    def preprocessing(self) -> dict[str, object]:
+        """The preprocessing settings the data fingerprint covers (empty for the defaults)."""
+        settings: dict[str, object] = {"input_size": self.input_size, "mean": self.mean, "std": self.std}
+        if self.augment is not None:
+            settings["augment"] = self.augment.model_dump()
+        return {k: v for k, v in settings.items() if v is not None}
+
+
+class AugmentConfig(_Section):
+    """Training augmentations (``ml.augment``, torchvision.transforms.v2); validation and test never."""
+
+    random_resized_crop: tuple[float, float] | None = None
+    horizontal_flip: bool = False
+    color_jitter: float = Field(0.0, ge=0)
 
 
 class TrainConfig(_Section):
