@@ -38,6 +38,9 @@ class DataConfig(_Section):
     mean: tuple[float, ...] | None = Field(None, description="Per-channel mean in the loader's pixel scale.")
     std: tuple[float, ...] | None = Field(None, description="Per-channel std; None: the training split's.")
     augment: AugmentConfig | None = None
+    num_workers: int = Field(
+        0, ge=0, description="DataLoader worker processes decoding image folders (0: in the step's process)."
+    )
 
     def preprocessing(self) -> dict[str, object]:
         """The preprocessing settings the data fingerprint covers (empty for the defaults)."""

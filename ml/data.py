@@ -24,10 +24,14 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ml.errors import DataError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 """File endings :func:`load_image_folder` reads (case-insensitive); other files are ignored."""
@@ -204,7 +208,9 @@ def load_digits() -> Arrays:
     return validate(bunch.images, bunch.target, names, source="digits")
 
 
-def load_image_folder(path: str | os.PathLike[str], *, size: tuple[int, int] | None = None) -> Arrays:
+def load_image_folder(
+    path: str | os.PathLike[str], *, size: tuple[int, int] | None = None, num_workers: int = 0
+) -> Arrays:
     """Read a folder with one sub-folder per class of PNG/JPEG images.
 
     Class ids follow the sorted sub-folder names. Hidden entries and files with other endings are
@@ -214,6 +220,9 @@ def load_image_folder(path: str | os.PathLike[str], *, size: tuple[int, int] | N
     Args:
         path: The top folder.
         size: ``(H, W)`` every image is resized to on reading (bilinear), so images of any size mix.
+        num_workers: Decode (and resize) the images in this many worker processes of a torch
+            ``DataLoader``; 0 decodes them in this process. The result is the same either way (the loader
+            keeps the file order).
 
     Returns:
         ``(x float32 N×C×H×W, y int64, class_names)``.
@@ -223,8 +232,6 @@ def load_image_folder(path: str | os.PathLike[str], *, size: tuple[int, int] | N
             an image cannot be read (naming the file), sizes differ (naming the file), or there are
             fewer than two classes.
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(path)
     if not root.exists():
         raise DataError(f"data folder {root} does not exist")
@@ -247,17 +254,12 @@ def load_image_folder(path: str | os.PathLike[str], *, size: tuple[int, int] | N
             raise DataError(f"class folder {class_dir} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         files.extend((image, label) for image in images)
 
-    pictures: list[Image.Image] = []
-    for file, _ in files:
-        try:
-            with Image.open(file) as opened:
-                opened.load()
-                picture = opened.copy()
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image {file}: {exc}") from exc
-        if size is not None and picture.size != (size[1], size[0]):
-            picture = picture.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        pictures.append(picture)
+    if num_workers < 0:
+        raise DataError(f"num_workers must be ≥ 0, got {num_workers}")
+    decode = _ImageDecoder([file for file, _ in files], size)
+    pictures = (
+        _decode_in_workers(decode, num_workers) if num_workers else [decode[i] for i in range(len(decode))]
+    )
 
     mode = "L" if all(p.mode in _GRAY_MODES for p in pictures) else "RGB"
     size = pictures[0].size
@@ -273,6 +275,59 @@ def load_image_folder(path: str | os.PathLike[str], *, size: tuple[int, int] | N
     x = np.stack(arrays)
     y = np.array([label for _, label in files], dtype=np.int64)
     return validate(x, y, [d.name for d in class_dirs], source=str(root))
+
+
+class _ImageDecoder:
+    """Reads one image file by index (a map-style dataset for ``DataLoader`` workers, picklable)."""
+
+    def __init__(self, files: Sequence[Path], size: tuple[int, int] | None) -> None:
+        self.files = list(files)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Image.Image:
+        from PIL import Image, UnidentifiedImageError
+
+        file = self.files[index]
+        try:
+            with Image.open(file) as opened:
+                opened.load()
+                picture = opened.copy()
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot read image {file}: {exc}") from exc
+        if self.size is not None and picture.size != (self.size[1], self.size[0]):
+            picture = picture.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+        return picture
+
+
+def _keep_as_list(batch: list[Image.Image]) -> list[Image.Image]:
+    return batch
+
+
+def _decode_in_workers(decode: _ImageDecoder, num_workers: int) -> list[Image.Image]:
+    """Every image of ``decode``, in order, read by ``num_workers`` DataLoader worker processes.
+
+    Raises:
+        DataError: An image cannot be read (naming the file; a worker's error is re-raised here).
+    """
+    from torch.utils.data import DataLoader
+
+    loader: DataLoader[Image.Image] = DataLoader(
+        decode,  # type: ignore[arg-type]  # any object with __len__ and __getitem__ is a map-style dataset
+        batch_size=32,
+        num_workers=num_workers,
+        collate_fn=_keep_as_list,
+    )
+    pictures: list[Image.Image] = []
+    try:
+        for batch in loader:
+            pictures.extend(batch)
+    except Exception as exc:  # a worker's error comes back re-raised with the worker's traceback as message
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        raise DataError(last.removeprefix("ml.errors.DataError: ")) from exc
+    return pictures
 
 
 def load_npz(path: str | os.PathLike[str]) -> Arrays:
@@ -324,6 +379,7 @@ def load_dataset(
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     image_size: tuple[int, int] | None = None,
+    num_workers: int = 0,
 ) -> Arrays:
     """Load ``source``: ``"digits"``, ``"synthetic-glyphs"``, a folder of class folders or an ``.npz``.
 
@@ -332,6 +388,7 @@ def load_dataset(
         cache_dir: Where ``"synthetic-glyphs"`` caches its generated ``.npz``; default
             ``$EDGEFLEET_HOME/datasets`` or ``.edgefleet/datasets``.
         image_size: ``(H, W)`` image folders are resized to while reading (see :func:`load_image_folder`).
+        num_workers: DataLoader workers decoding image folders (0: in this process).
 
     Returns:
         ``(x float32 N×C×H×W, y int64, class_names)``.
@@ -348,7 +405,7 @@ def load_dataset(
         return load_npz(synthetic.cached_npz(folder))
     path = Path(source)
     if path.is_dir():
-        return load_image_folder(path, size=image_size)
+        return load_image_folder(path, size=image_size, num_workers=num_workers)
     if path.suffix.lower() == ".npz":
         return load_npz(path)
     if not path.exists():
@@ -591,6 +648,7 @@ def load_splits(
     extra_train: Sequence[str] = (),
     normalization: Normalization | None = None,
     input_size: Sequence[int] | None = None,
+    num_workers: int = 0,
 ) -> DataSplits:
     """Load ``source`` and ``extra_train`` with :func:`load_dataset` and :func:`split` them.
 
@@ -603,7 +661,7 @@ def load_splits(
     image_size = (int(input_size[1]), int(input_size[2])) if input_size is not None else None
 
     def load(name: str) -> Arrays:
-        x, y, names = load_dataset(name, image_size=image_size)
+        x, y, names = load_dataset(name, image_size=image_size, num_workers=num_workers)
         return (resize_to(x, input_size) if input_size is not None else x), y, names
 
     x, y, names = load(source)

@@ -44,6 +44,7 @@ def load_data(
         extra_train=config.extra_train,
         normalization=normalization,
         input_size=config.input_size,
+        num_workers=config.num_workers,
     )
     splits = dataclasses.replace(
         splits, fingerprint=preprocessing_fingerprint(splits.fingerprint, config.preprocessing())
