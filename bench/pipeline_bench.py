@@ -7,6 +7,17 @@ table with ratios to the teacher, then the issue's goals with measured values.
 
 Run: ``.venv/bin/python bench/pipeline_bench.py [--threads 1] [--runs 1000] [--epochs-scale 1.0]``.
 It sits beside the other ``bench/`` scripts; ``make bench`` runs it. Needs no network and no stack.
+
+Any architecture at a real input size (issue 10), latency and size only::
+
+    .venv/bin/python bench/pipeline_bench.py --teacher torchvision:resnet50 \
+        --student torchvision:mobilenet_v3_small --size 224
+
+builds both networks with random-init weights (nothing can be downloaded here, so no pretrained weights and no
+training: accuracies are chance and say nothing), makes every student variant the pipeline makes (FP32,
+structured and unstructured pruned, static and dynamic INT8; QAT says why it is skipped), and benchmarks, at
+1 thread and batch 1, the torch-eager teacher against each student variant on ONNX Runtime: P50, P99, size and
+the ratios to the teacher, then the variant the noise-aware selection ships and the issue's goals for it.
 """
 
 from __future__ import annotations
@@ -17,11 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ml.arch import build_model, count_macs_generic
 from ml.benchmark import BenchmarkConfig, benchmark_variants, format_variant_table, ratios_to
 from ml.config import PruneConfig, QuantizeConfig, TrainConfig
 from ml.data import load_dataset, split
@@ -41,7 +54,17 @@ def main() -> None:
     parser.add_argument("--calibration", default="MinMax", choices=["MinMax", "Entropy", "Percentile"])
     parser.add_argument("--data", default="digits", help="digits, synthetic-glyphs, a folder or an .npz")
     parser.add_argument("--out", type=Path, default=None, help="keep the ONNX files here")
+    parser.add_argument(
+        "--teacher", default=None, help="e.g. torchvision:resnet50 (switches to the BYOM run)"
+    )
+    parser.add_argument("--student", default="torchvision:mobilenet_v3_small")
+    parser.add_argument("--size", type=int, default=224, help="BYOM run: input is 3×SIZE×SIZE")
+    parser.add_argument("--classes", type=int, default=10, help="BYOM run: number of classes")
+    parser.add_argument("--images", type=int, default=80, help="BYOM run: random images (all splits)")
     args = parser.parse_args()
+    if args.teacher is not None:
+        byom_latency(args)
+        return
 
     def epochs(n: int) -> int:
         return max(1, round(n * args.epochs_scale))
@@ -136,6 +159,101 @@ def main() -> None:
         )
     except Exception as exc:  # GateError: show the table, the benchmark itself succeeded
         console.print(str(exc))
+    console.print(f"total wall time {time.perf_counter() - started:.0f} s")
+
+
+def byom_latency(args: argparse.Namespace) -> None:
+    """Torch-eager ``--teacher`` vs every ``--student`` variant on ORT, random-init weights, batch 1."""
+    console = Console(width=200)
+    torch.set_num_threads(args.threads)
+    seed_everything(0)
+    started = time.perf_counter()
+    shape = (3, args.size, args.size)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, size=(args.images, *shape)).astype(np.float32)
+    y = np.arange(args.images) % args.classes
+    data = split(x, y, [f"c{i}" for i in range(args.classes)], name="random", seed=0)
+    console.print(
+        f"[bold]{args.teacher} → {args.student}[/] at {shape}, {args.classes} classes, "
+        f"{args.threads} thread(s), "
+        "batch 1.\n[yellow]Random-init weights, no training (no weights can be downloaded here): the latency "
+        "and size figures are real, the accuracies are chance and mean nothing.[/]"
+    )
+    teacher = build_model(args.teacher, role="teacher", input_shape=shape, num_classes=args.classes).eval()
+    student = build_model(args.student, role="student", input_shape=shape, num_classes=args.classes).eval()
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as scratch:
+        folder = (args.out or Path(scratch)) / "variants"
+        manifest = build_variants(
+            teacher=teacher,
+            student=student,
+            splits=data,
+            folder=folder,
+            prune=PruneConfig(
+                unstructured_sparsity=0.5,
+                structured_ratio=0.25,
+                fine_tune=TrainConfig(epochs=1, batch_size=16, patience=1, seed=1),
+            ),
+            quantize=QuantizeConfig(calibration_size=16, dynamic=False),
+            student_int8=("int8-static", "int8-dynamic", "int8-qat"),
+            threads=args.threads,
+            log=lambda line: console.print(f"[bold]{line}[/]"),
+        )
+        teacher_acc = accuracy(teacher, data.x_test, data.y_test)
+        every = variant_candidates(folder, manifest, teacher=teacher, teacher_accuracy=teacher_acc)
+        chosen_candidates = [
+            c for c in every if c.name == "teacher-torch-eager" or c.name.startswith("student")
+        ]
+        config = BenchmarkConfig(
+            threads=args.threads,
+            runs=args.runs,
+            warmup=10,
+            throughput_batch=4,
+            throughput_runs=3,
+            isolate=False,
+        )
+        console.print(f"benchmarking {len(chosen_candidates)} models, {config.runs} batch-1 runs each")
+        results = benchmark_variants(chosen_candidates, data.x_test[:4], config=config)
+    console.print(
+        format_variant_table(results, title=f"{args.teacher} (torch eager) vs {args.student} on ORT")
+    )
+    eager = next(r for r in results if r.name == "teacher-torch-eager")
+    ratio_table = Table(title="Ratios to the torch-eager teacher (1 thread, batch 1)")
+    for column in ("variant", "P50 ms", "P99 ms", "size MiB", "P50 speed-up", "P99 speed-up", "size ratio"):
+        ratio_table.add_column(column, justify="left" if column == "variant" else "right")
+    for result in results:
+        ratios = ratios_to(eager, result)
+        ratio_table.add_row(
+            result.name,
+            f"{result.p50_ms:.3f}",
+            f"{result.p99_ms:.3f}",
+            f"{result.size_bytes / 2**20:.2f}",
+            f"{ratios['speedup_p50']:.1f}×",
+            f"{ratios['speedup_p99']:.1f}×",
+            f"1/{1 / ratios['size_ratio']:.1f}",
+        )
+    console.print(ratio_table)
+    console.print(
+        f"teacher: {count_parameters(teacher):,} params, {count_macs_generic(teacher, shape):,} MACs; "
+        f"student: {count_parameters(student):,} params, {count_macs_generic(student, shape):,} MACs"
+    )
+    # No accuracy gate: the weights are random. The noise-aware selection decides among the ORT variants.
+    profile = GateProfile(name="latency-only", min_accuracy=0.0)
+    chosen = select_variant(profile, [r for r in results if r.runtime == "onnxruntime"], teacher_acc)
+    shipped = next(r for r in results if r.name == chosen.variant)
+    ratios = ratios_to(eager, shipped)
+    console.print(f"the selection ships [bold]{chosen.variant}[/]: {chosen.reason}")
+    goals = [
+        ("shipped variant P50 vs torch-eager teacher P50", f"{ratios['speedup_p50']:.1f}×", "≥ 20×", 20),
+        (
+            "shipped variant size vs torch-eager teacher size",
+            f"1/{1 / ratios['size_ratio']:.1f}",
+            "≤ 1/10",
+            10,
+        ),
+    ]
+    values = (ratios["speedup_p50"], 1 / ratios["size_ratio"])
+    for (label, measured, goal, limit), value in zip(goals, values, strict=True):
+        console.print(f"  {'PASS' if value >= limit else 'MISS'}  {label}: {measured} (goal {goal})")
     console.print(f"total wall time {time.perf_counter() - started:.0f} s")
 
 

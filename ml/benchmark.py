@@ -107,6 +107,9 @@ class BenchmarkResult:
     agreement_with_parent: float | None = None
     parent: str | None = None
     latencies_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    p50_noise_ms: float = 0.0
+    """How far the P50 moves on noise alone: max - min of the medians of the rounds (or of 5 consecutive
+    chunks when there were fewer than 3 rounds). ``ml.gates.select_variant`` treats closer P50s as tied."""
 
     @property
     def size_kb(self) -> float:
@@ -126,6 +129,7 @@ class BenchmarkResult:
             "rss_delta_mib": self.rss_delta_mib,
             "size_bytes": float(self.size_bytes),
             "size_kb": self.size_kb,
+            "p50_noise_ms": self.p50_noise_ms,
         }
         if self.accuracy is not None:
             out["accuracy"] = self.accuracy
@@ -363,6 +367,9 @@ def benchmark_variants(
                 cold = _cold_start_in_process(candidate, config.threads, one)
                 rss_method = "in-process: peak = current RSS of this process, delta = RSS growth"
             all_ms = np.concatenate(latencies[candidate.name])
+            rounds = latencies[candidate.name]
+            chunks = rounds if len(rounds) >= 3 else np.array_split(all_ms, min(5, len(all_ms)))
+            medians = [float(np.median(chunk)) for chunk in chunks if len(chunk)]
             if candidate.size_bytes is not None:
                 size = candidate.size_bytes
             elif candidate.onnx_path is not None:
@@ -390,6 +397,7 @@ def benchmark_variants(
                     agreement_with_parent=candidate.agreement_with_parent,
                     parent=candidate.parent,
                     latencies_ms=tuple(float(v) for v in all_ms),
+                    p50_noise_ms=max(medians) - min(medians) if medians else 0.0,
                 )
             )
     except MLError:

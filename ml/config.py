@@ -11,7 +11,7 @@ samples to the training split only.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +32,30 @@ class DataConfig(_Section):
         description="More sources (.npz files or image folders with the same classes and sample shape) "
         "whose samples join the training split only; validation and test stay those of `source`.",
     )
+    input_size: tuple[int, int, int] | None = Field(
+        None, description="(C, H, W) every sample is converted and resized to; None keeps the source's."
+    )
+    mean: tuple[float, ...] | None = Field(None, description="Per-channel mean in the loader's pixel scale.")
+    std: tuple[float, ...] | None = Field(None, description="Per-channel std; None: the training split's.")
+    augment: AugmentConfig | None = None
+    num_workers: int = Field(
+        0, ge=0, description="DataLoader worker processes decoding image folders (0: in the step's process)."
+    )
+
+    def preprocessing(self) -> dict[str, object]:
+        """The preprocessing settings the data fingerprint covers (empty for the defaults)."""
+        settings: dict[str, object] = {"input_size": self.input_size, "mean": self.mean, "std": self.std}
+        if self.augment is not None:
+            settings["augment"] = self.augment.model_dump()
+        return {k: v for k, v in settings.items() if v is not None}
+
+
+class AugmentConfig(_Section):
+    """Training augmentations (``ml.augment``, torchvision.transforms.v2); validation and test never."""
+
+    random_resized_crop: tuple[float, float] | None = None
+    horizontal_flip: bool = False
+    color_jitter: float = Field(0.0, ge=0)
 
 
 class TrainConfig(_Section):
@@ -45,8 +69,41 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
+class TeacherConfig(TrainConfig):
+    """The teacher: its architecture (``ml.arch``), optional pretrained weights, and how to train it.
+
+    ``weights`` is a local file (a ``state_dict``, a checkpoint with a ``state_dict`` key, or safetensors),
+    loaded strictly; with ``train: false`` (or ``epochs: 0``) it is used as it is.
+    """
+
+    epochs: int = Field(20, ge=0)
+    arch: str = Field(
+        "edgefleet:cnn", description="edgefleet:cnn, torchvision:NAME, timm:NAME or module:callable"
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor kwargs (not num_classes).")
+    weights: str | None = Field(None, description="Local pretrained weights file to start from.")
+    train: bool = Field(True, description="false: use the (pretrained) teacher as it is.")
+    feature_layer: str | None = Field(
+        None, description="Layer whose output distillation matches, e.g. layer3 (default: the CNN's block 2)."
+    )
+
+    @property
+    def trains(self) -> bool:
+        """Whether the teacher is trained at all (``train`` and at least one epoch)."""
+        return self.train and self.epochs > 0
+
+
 class DistillConfig(_Section):
     """Knowledge distillation: loss = α·T²·KL + (1−α)·CE + β·MSE(adapter(f_s), f_t)."""
+
+    arch: str = Field(
+        "edgefleet:cnn", description="edgefleet:cnn, torchvision:NAME, timm:NAME or module:callable"
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor kwargs (not num_classes).")
+    feature_layer: str | None = Field(
+        None,
+        description="Student layer matched to the teacher's, e.g. features.9 (default: the CNN's block 2).",
+    )
 
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1)
@@ -114,8 +171,16 @@ class TrainingPipelineConfig(_Section):
         description="With init_from: `reuse` keeps the parent's teacher unchanged, for distillation and as "
         "the accuracy-drop gate's reference; `fine-tune` trains it first with the `teacher` settings.",
     )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$",
+        description="Where training runs: auto (CUDA when present), cpu, cuda or cuda:N.",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Training precision; bf16/fp16 are mixed precision on CUDA (CPU trains in fp32)."
+    )
     data: DataConfig = DataConfig()
-    teacher: TrainConfig = TrainConfig()
+    teacher: TeacherConfig = TeacherConfig()
     student: DistillConfig = DistillConfig()
     prune: PruneConfig = PruneConfig()
     quantize: QuantizeConfig = QuantizeConfig()

@@ -18,15 +18,20 @@ the training split only, so nothing about validation or test data leaks into tra
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ml.errors import DataError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 """File endings :func:`load_image_folder` reads (case-insensitive); other files are ignored."""
@@ -203,15 +208,21 @@ def load_digits() -> Arrays:
     return validate(bunch.images, bunch.target, names, source="digits")
 
 
-def load_image_folder(path: str | os.PathLike[str]) -> Arrays:
+def load_image_folder(
+    path: str | os.PathLike[str], *, size: tuple[int, int] | None = None, num_workers: int = 0
+) -> Arrays:
     """Read a folder with one sub-folder per class of PNG/JPEG images.
 
     Class ids follow the sorted sub-folder names. Hidden entries and files with other endings are
     ignored. Images are read as grayscale when every image is grayscale, otherwise all as RGB; pixel
-    values stay 0..255. All images must have the same width and height.
+    values stay 0..255. All images must have the same width and height, unless ``size`` resizes them.
 
     Args:
         path: The top folder.
+        size: ``(H, W)`` every image is resized to on reading (bilinear), so images of any size mix.
+        num_workers: Decode (and resize) the images in this many worker processes of a torch
+            ``DataLoader``; 0 decodes them in this process. The result is the same either way (the loader
+            keeps the file order).
 
     Returns:
         ``(x float32 N×C×H×W, y int64, class_names)``.
@@ -221,8 +232,6 @@ def load_image_folder(path: str | os.PathLike[str]) -> Arrays:
             an image cannot be read (naming the file), sizes differ (naming the file), or there are
             fewer than two classes.
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(path)
     if not root.exists():
         raise DataError(f"data folder {root} does not exist")
@@ -245,15 +254,12 @@ def load_image_folder(path: str | os.PathLike[str]) -> Arrays:
             raise DataError(f"class folder {class_dir} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         files.extend((image, label) for image in images)
 
-    pictures: list[Image.Image] = []
-    for file, _ in files:
-        try:
-            with Image.open(file) as opened:
-                opened.load()
-                picture = opened.copy()
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image {file}: {exc}") from exc
-        pictures.append(picture)
+    if num_workers < 0:
+        raise DataError(f"num_workers must be ≥ 0, got {num_workers}")
+    decode = _ImageDecoder([file for file, _ in files], size)
+    pictures = (
+        _decode_in_workers(decode, num_workers) if num_workers else [decode[i] for i in range(len(decode))]
+    )
 
     mode = "L" if all(p.mode in _GRAY_MODES for p in pictures) else "RGB"
     size = pictures[0].size
@@ -269,6 +275,59 @@ def load_image_folder(path: str | os.PathLike[str]) -> Arrays:
     x = np.stack(arrays)
     y = np.array([label for _, label in files], dtype=np.int64)
     return validate(x, y, [d.name for d in class_dirs], source=str(root))
+
+
+class _ImageDecoder:
+    """Reads one image file by index (a map-style dataset for ``DataLoader`` workers, picklable)."""
+
+    def __init__(self, files: Sequence[Path], size: tuple[int, int] | None) -> None:
+        self.files = list(files)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Image.Image:
+        from PIL import Image, UnidentifiedImageError
+
+        file = self.files[index]
+        try:
+            with Image.open(file) as opened:
+                opened.load()
+                picture = opened.copy()
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot read image {file}: {exc}") from exc
+        if self.size is not None and picture.size != (self.size[1], self.size[0]):
+            picture = picture.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+        return picture
+
+
+def _keep_as_list(batch: list[Image.Image]) -> list[Image.Image]:
+    return batch
+
+
+def _decode_in_workers(decode: _ImageDecoder, num_workers: int) -> list[Image.Image]:
+    """Every image of ``decode``, in order, read by ``num_workers`` DataLoader worker processes.
+
+    Raises:
+        DataError: An image cannot be read (naming the file; a worker's error is re-raised here).
+    """
+    from torch.utils.data import DataLoader
+
+    loader: DataLoader[Image.Image] = DataLoader(
+        decode,  # type: ignore[arg-type]  # any object with __len__ and __getitem__ is a map-style dataset
+        batch_size=32,
+        num_workers=num_workers,
+        collate_fn=_keep_as_list,
+    )
+    pictures: list[Image.Image] = []
+    try:
+        for batch in loader:
+            pictures.extend(batch)
+    except Exception as exc:  # a worker's error comes back re-raised with the worker's traceback as message
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        raise DataError(last.removeprefix("ml.errors.DataError: ")) from exc
+    return pictures
 
 
 def load_npz(path: str | os.PathLike[str]) -> Arrays:
@@ -315,13 +374,21 @@ def load_npz(path: str | os.PathLike[str]) -> Arrays:
     return validate(x, y, names, source=str(file))
 
 
-def load_dataset(source: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Arrays:
+def load_dataset(
+    source: str,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    image_size: tuple[int, int] | None = None,
+    num_workers: int = 0,
+) -> Arrays:
     """Load ``source``: ``"digits"``, ``"synthetic-glyphs"``, a folder of class folders or an ``.npz``.
 
     Args:
         source: What to load.
         cache_dir: Where ``"synthetic-glyphs"`` caches its generated ``.npz``; default
             ``$EDGEFLEET_HOME/datasets`` or ``.edgefleet/datasets``.
+        image_size: ``(H, W)`` image folders are resized to while reading (see :func:`load_image_folder`).
+        num_workers: DataLoader workers decoding image folders (0: in this process).
 
     Returns:
         ``(x float32 N×C×H×W, y int64, class_names)``.
@@ -338,7 +405,7 @@ def load_dataset(source: str, *, cache_dir: str | os.PathLike[str] | None = None
         return load_npz(synthetic.cached_npz(folder))
     path = Path(source)
     if path.is_dir():
-        return load_image_folder(path)
+        return load_image_folder(path, size=image_size, num_workers=num_workers)
     if path.suffix.lower() == ".npz":
         return load_npz(path)
     if not path.exists():
@@ -534,6 +601,44 @@ def split(
     )
 
 
+def resize_to(x: np.ndarray, input_size: Sequence[int]) -> np.ndarray:
+    """Raw N×C×H×W pixels converted to ``input_size`` (C, H, W): grayscale repeated to 3 channels (or RGB
+    averaged to 1), then resized with antialiased bilinear interpolation. Unchanged when already that shape.
+
+    Raises:
+        DataError: ``input_size`` is not 3 positive sizes, or the channel counts cannot be converted.
+    """
+    if len(input_size) != 3 or any(int(d) < 1 for d in input_size):
+        raise DataError(f"data.input_size must be (C, H, W) with positive sizes, got {tuple(input_size)}")
+    channels, height, width = (int(d) for d in input_size)
+    if x.shape[1] != channels:
+        if x.shape[1] == 1 and channels == 3:
+            x = np.repeat(x, 3, axis=1)
+        elif x.shape[1] == 3 and channels == 1:
+            x = x.mean(axis=1, keepdims=True)
+        else:
+            raise DataError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
+    if x.shape[2:] == (height, width):
+        return np.ascontiguousarray(x, dtype=np.float32)
+    import torch  # imported here: only resizing needs it, and plain loading stays numpy + Pillow
+    import torch.nn.functional as F
+
+    out = np.empty((len(x), channels, height, width), dtype=np.float32)
+    for start in range(0, len(x), 512):  # chunks keep the float64-free peak small on large sets
+        chunk = torch.from_numpy(np.ascontiguousarray(x[start : start + 512], dtype=np.float32))
+        resized = F.interpolate(chunk, size=(height, width), mode="bilinear", antialias=True)
+        out[start : start + 512] = resized.numpy()
+    return out
+
+
+def preprocessing_fingerprint(base: str, preprocessing: Mapping[str, object] | None) -> str:
+    """The fingerprint with the preprocessing settings folded in; ``base`` itself when there are none."""
+    if not preprocessing:
+        return base
+    canonical = json.dumps(dict(preprocessing), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"base|{base}|prep|{canonical}".encode()).hexdigest()
+
+
 def load_splits(
     source: str,
     *,
@@ -542,14 +647,25 @@ def load_splits(
     seed: int = 0,
     extra_train: Sequence[str] = (),
     normalization: Normalization | None = None,
+    input_size: Sequence[int] | None = None,
+    num_workers: int = 0,
 ) -> DataSplits:
     """Load ``source`` and ``extra_train`` with :func:`load_dataset` and :func:`split` them.
+
+    With ``input_size`` (C, H, W) every source is converted and resized to it first (:func:`resize_to`;
+    image folders are resized while reading, so their images may differ in size).
 
     Raises:
         DataError: A source is missing or bad, or the split fails (see :func:`split`).
     """
-    x, y, names = load_dataset(source)
-    extras = [(extra, load_dataset(extra)) for extra in extra_train]
+    image_size = (int(input_size[1]), int(input_size[2])) if input_size is not None else None
+
+    def load(name: str) -> Arrays:
+        x, y, names = load_dataset(name, image_size=image_size, num_workers=num_workers)
+        return (resize_to(x, input_size) if input_size is not None else x), y, names
+
+    x, y, names = load(source)
+    extras = [(extra, load(extra)) for extra in extra_train]
     return split(
         x,
         y,

@@ -171,6 +171,7 @@ class Selection:
     p50_ms: float
     gates: tuple[GateResult, ...]
     all_results: Mapping[str, tuple[GateResult, ...]]
+    reason: str = ""
 
     @property
     def table(self) -> str:
@@ -213,14 +214,30 @@ def render_gate_table(profile: str, all_results: Mapping[str, Sequence[GateResul
     return "\n".join(lines)
 
 
+#: P50s closer than this fraction of the faster one are tied even when the measured noise is smaller:
+#: batch-1 medians of one process drift by about this much between runs on a shared CPU.
+MIN_RELATIVE_NOISE = 0.03
+
+
+def p50_noise_ms(metrics: Mapping[str, float]) -> float:
+    """How far a variant's P50 can move on noise alone: its ``p50_noise_ms`` metric (the spread of the
+    medians of the benchmark's consecutive chunks of runs, ``ml.benchmark``) or, without it, zero."""
+    value = metrics.get("p50_noise_ms", 0.0)
+    return float(value) if math.isfinite(value) else 0.0
+
+
 def select_variant(
     profile: GateProfile,
     variants: Sequence[HasMetrics] | Mapping[str, Mapping[str, float]],
     teacher_accuracy: float | None,
 ) -> Selection:
-    """Pick the fastest variant (lowest ``p50_ms``) that passes every gate of ``profile``.
+    """Pick the fastest variant that passes every gate of ``profile``, treating latency noise as a tie.
 
-    Ties on P50 go to the smaller file, then to the name, so the choice is deterministic.
+    Noise-aware: the variants whose P50 is within the noise of the fastest passing one are tied, where the
+    noise of a pair is the larger of their ``p50_noise_ms`` (the spread of per-chunk medians the benchmark
+    measured) and :data:`MIN_RELATIVE_NOISE` of the fastest P50. Among tied variants the higher accuracy
+    wins, then the smaller file, then the name, so near-equal variants no longer flip on noise. The
+    selection's ``reason`` says which rule decided.
 
     Args:
         profile: The target's limits.
@@ -244,11 +261,44 @@ def select_variant(
             f"no variant passes every gate of profile {profile.name!r}\n"
             + render_gate_table(profile.name, all_results)
         )
-    best = min(passing, key=lambda n: (metrics[n]["p50_ms"], metrics[n].get("size_kb", math.inf), n))
+    fastest = min(passing, key=lambda n: (metrics[n]["p50_ms"], metrics[n].get("size_kb", math.inf), n))
+    fast_p50 = metrics[fastest]["p50_ms"]
+
+    def tolerance(name: str) -> float:
+        return max(p50_noise_ms(metrics[name]), p50_noise_ms(metrics[fastest]), MIN_RELATIVE_NOISE * fast_p50)
+
+    tied = [n for n in passing if metrics[n]["p50_ms"] - fast_p50 <= tolerance(n)]
+    best = min(
+        tied,
+        key=lambda n: (-metrics[n].get("accuracy", 0.0), metrics[n].get("size_kb", math.inf), n),
+    )
     return Selection(
         profile=profile.name,
         variant=best,
         p50_ms=metrics[best]["p50_ms"],
         gates=all_results[best],
         all_results=all_results,
+        reason=_reason(best, fastest, tied, metrics, tolerance(best)),
+    )
+
+
+def _reason(
+    best: str, fastest: str, tied: Sequence[str], metrics: Mapping[str, Mapping[str, float]], noise: float
+) -> str:
+    p50 = metrics[best]["p50_ms"]
+    others = sorted(n for n in tied if n != best)
+    if not others:
+        return f"{best} is the fastest passing variant (P50 {p50:.4g} ms) and no other is within the noise"
+    accuracy = {n: metrics[n].get("accuracy", 0.0) for n in tied}
+    size = {n: metrics[n].get("size_kb", math.inf) for n in tied}
+    if any(accuracy[n] != accuracy[best] for n in others):
+        rule = f"highest accuracy among them ({100 * accuracy[best]:.2f} %)"
+    elif any(size[n] != size[best] for n in others):
+        rule = f"same accuracy, smallest file among them ({size[best]:.1f} KiB)"
+    else:
+        rule = "same accuracy and size; first by name"
+    lead = f"fastest is {fastest}, " if fastest != best else ""
+    return (
+        f"{best}: {lead}P50s of {', '.join([best, *others])} differ by less than the noise "
+        f"(±{noise:.3g} ms), tied; won on {rule}"
     )

@@ -11,6 +11,11 @@ pipeline passes a closure over ``ml.train.fit``), so this module stays free of t
 * :func:`prune_structured` ranks each block's output channels and builds a NEW, physically narrower
   ``ConvNet`` (widths rounded up to a multiple of 8 for SIMD), copying the kept slices of conv
   weights, BN parameters and buffers, the next block's input channels and the classifier's inputs.
+  Any other architecture (torchvision, timm, a user's module) goes through
+  :func:`prune_structured_generic`: torch-pruning's ``DependencyGraph`` traces the network once and
+  removes channels group by group, so residual adds, depthwise convs, squeeze-excitation and
+  concatenations stay consistent; channel counts are rounded to ``multiple_of`` and the classifier's
+  outputs are never touched.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ def count_nonzero_parameters(model: nn.Module) -> int:
     return sum(int(torch.count_nonzero(p)) for p in model.parameters())
 
 
-def prune_unstructured(model: ConvNet, sparsity: float, *, fine_tune: FineTune | None = None) -> ConvNet:
+def prune_unstructured(model: nn.Module, sparsity: float, *, fine_tune: FineTune | None = None) -> nn.Module:
     """Global magnitude pruning of conv and linear weights to ``sparsity``; returns a pruned copy.
 
     Masks stay attached during ``fine_tune`` (torch recomputes ``weight = weight_orig * mask`` before
@@ -76,13 +81,13 @@ def prune_unstructured(model: ConvNet, sparsity: float, *, fine_tune: FineTune |
         fine_tune: Optional in-place fine-tune run with the masks attached.
 
     Returns:
-        A new ``ConvNet`` whose conv/linear weights are ``sparsity`` zeros (to rounding).
+        A copy of ``model`` whose conv/linear weights are ``sparsity`` zeros (to rounding).
 
     Raises:
-        PruningError: ``sparsity`` is outside ``[0, 1)`` or the model is not a ``ConvNet``.
+        PruningError: ``sparsity`` is outside ``[0, 1)`` or the model has no conv or linear layer.
     """
-    if not isinstance(model, ConvNet):
-        raise PruningError(f"expected a ConvNet, got {type(model).__name__}")
+    if not _prunable(model):
+        raise PruningError(f"{type(model).__name__} has no conv or linear layer to prune")
     if not 0.0 <= sparsity < 1.0 or math.isnan(sparsity):
         raise PruningError(f"sparsity must lie in [0, 1), got {sparsity}")
     pruned = copy.deepcopy(model)
@@ -124,14 +129,95 @@ def _keep_indices(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return torch.sort(top).values
 
 
+def classifier_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[nn.Module]:
+    """Layers whose outputs are the logits (linear or conv with as many outputs as the model has logits).
+
+    Structured pruning leaves them alone: their outputs are the classes.
+
+    Raises:
+        PruningError: The model cannot run on ``input_shape``.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            classes = int(model(torch.zeros((1, *input_shape))).shape[1])
+    except Exception as exc:  # a user's module may raise anything on a bad shape
+        raise PruningError(f"cannot probe {type(model).__name__} on inputs {input_shape}: {exc}") from exc
+    finally:
+        model.train(was_training)
+    found: list[nn.Module] = [
+        m
+        for m in model.modules()
+        if (isinstance(m, nn.Linear) and m.out_features == classes)
+        or (isinstance(m, nn.Conv2d) and m.out_channels == classes and m.kernel_size == (1, 1))
+    ]
+    return found[-1:] if found else []
+
+
+def prune_structured_generic(
+    model: nn.Module,
+    ratio: float,
+    input_shape: tuple[int, int, int],
+    *,
+    multiple_of: int = 8,
+    fine_tune: FineTune | None = None,
+) -> nn.Module:
+    """Structured channel pruning of any architecture with torch-pruning's dependency graph.
+
+    Channels are ranked by the L1 norm of their group (every weight tied to them through residual adds,
+    depthwise convs, squeeze-excitation or concatenations), ``ratio`` of each prunable layer's channels are
+    removed, and kept counts are rounded to ``multiple_of``. The classifier (:func:`classifier_layers`)
+    keeps its outputs. The copy is physically narrower: its ONNX weights have fewer channels.
+
+    Args:
+        model: The network; left unchanged.
+        ratio: Fraction of channels to remove, in ``[0, 1)``.
+        input_shape: One sample's ``(C, H, W)``, to trace the graph.
+        multiple_of: Kept channel counts are multiples of this.
+        fine_tune: Optional in-place fine-tune of the narrower network.
+
+    Returns:
+        The pruned copy.
+
+    Raises:
+        PruningError: Bad ``ratio``/``multiple_of``, or torch-pruning cannot trace or prune the network.
+    """
+    if not 0.0 <= ratio < 1.0 or math.isnan(ratio):
+        raise PruningError(f"ratio must lie in [0, 1), got {ratio}")
+    if multiple_of < 1:
+        raise PruningError(f"multiple_of must be ≥ 1, got {multiple_of}")
+    import torch_pruning as tp  # imported here: tracing machinery that the digits demo never needs
+
+    pruned = copy.deepcopy(model).cpu().eval()
+    if ratio > 0:
+        try:
+            pruner = tp.pruner.BasePruner(
+                pruned,
+                torch.zeros((1, *input_shape)),
+                importance=tp.importance.GroupMagnitudeImportance(p=1),
+                pruning_ratio=float(ratio),
+                ignored_layers=classifier_layers(pruned, input_shape),
+                round_to=multiple_of,
+            )
+            pruner.step()
+        except Exception as exc:  # torch-pruning raises plain errors from tracing and index arithmetic
+            raise PruningError(f"structured pruning of {type(model).__name__} failed: {exc}") from exc
+    pruned.train(model.training)
+    if fine_tune is not None:
+        fine_tune(pruned)
+    return pruned
+
+
 def prune_structured(
-    model: ConvNet,
+    model: nn.Module,
     ratio: float,
     *,
     multiple_of: int = 8,
     criterion: ChannelCriterion | str = ChannelCriterion.L1,
     fine_tune: FineTune | None = None,
-) -> ConvNet:
+    input_shape: tuple[int, int, int] | None = None,
+) -> nn.Module:
     """Remove the least important output channels of every block; return a new, narrower ``ConvNet``.
 
     Args:
@@ -140,16 +226,23 @@ def prune_structured(
         multiple_of: Kept widths are rounded up to a multiple of this (8 suits AVX2/NEON lanes).
         criterion: ``l1`` (filter L1 norm) or ``bn_gamma`` (|BN γ|).
         fine_tune: Optional in-place fine-tune of the narrower network.
+        input_shape: ``(C, H, W)``; needed for any model that is not a ``ConvNet``, which goes through
+            :func:`prune_structured_generic` (L1 criterion only).
 
     Returns:
-        A ``ConvNet`` built by ``spec_from_widths`` whose weights are slices of ``model``'s.
+        For a ``ConvNet``: a ``ConvNet`` built by ``spec_from_widths`` whose weights are slices of
+        ``model``'s; otherwise the pruned copy.
 
     Raises:
-        PruningError: Bad ``ratio``/``multiple_of``/``criterion`` or a model that is not a ConvNet of
-            ConvBlocks.
+        PruningError: Bad ``ratio``/``multiple_of``/``criterion``, a ConvNet not made of ConvBlocks, or
+            another model without ``input_shape``.
     """
     if not isinstance(model, ConvNet):
-        raise PruningError(f"expected a ConvNet, got {type(model).__name__}")
+        if input_shape is None:
+            raise PruningError(f"pruning a {type(model).__name__} needs the input_shape to trace it")
+        return prune_structured_generic(
+            model, ratio, input_shape, multiple_of=multiple_of, fine_tune=fine_tune
+        )
     try:
         criterion = ChannelCriterion(criterion)
     except ValueError as exc:
@@ -234,7 +327,7 @@ def zstd_size(path: str | Path, *, level: int = 19) -> int:
 
 
 def footprint(
-    model: ConvNet,
+    model: nn.Module,
     input_shape: tuple[int, int, int],
     *,
     onnx_path: str | Path | None = None,
@@ -271,8 +364,8 @@ def footprint(
 
 def prune_report(
     method: str,
-    before: ConvNet,
-    after: ConvNet,
+    before: nn.Module,
+    after: nn.Module,
     input_shape: tuple[int, int, int],
     *,
     threads: int = 1,

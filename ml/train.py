@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ml.device import CPU, Runtime
 from ml.errors import TrainingError
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ ProgressFn = Callable[[int, dict[str, float]], None]
 
 AfterStepFn = Callable[[nn.Module], None]
 """Called with the model after every optimiser step."""
+
+AugmentFn = Callable[[Tensor], Tensor]
+"""Maps a training batch (N×C×H×W, on the CPU) to an augmented batch of the same shape."""
 
 
 @dataclass
@@ -141,14 +145,15 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarra
     was_training = model.training
     model.eval()
     outputs: list[np.ndarray] = []
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         with torch.no_grad():
             for start in range(0, len(x), batch_size):
                 xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32))
-                out = model(xb)
+                out = model(xb.to(device))
                 if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != xb.shape[0]:
                     raise TrainingError("predict: the model must return an N×K tensor of logits")
-                outputs.append(out.float().numpy())
+                outputs.append(out.float().cpu().numpy())
     finally:
         model.train(was_training)
     return np.concatenate(outputs, axis=0).astype(np.float32, copy=False)
@@ -198,6 +203,8 @@ def fit(
     optimizer: Literal["adam", "sgd"] = "adam",
     indexed_loss_fn: IndexedLossFn | None = None,
     schedule: Literal["cosine", "constant"] = "cosine",
+    runtime: Runtime | None = None,
+    augment: AugmentFn | None = None,
 ) -> TrainResult:
     """Train ``model`` in place, stop early on validation accuracy and restore the best weights.
 
@@ -228,6 +235,9 @@ def fit(
         indexed_loss_fn: Instead of ``loss_fn``: ``indexed_loss_fn(model, xb, yb, rows)`` where ``rows``
             (int64) are the batch's row numbers in ``train``.
         schedule: ``"cosine"`` anneals the rate to zero over ``epochs``; ``"constant"`` keeps ``lr``.
+        runtime: Device and precision (``ml.device``); the CPU in FP32 by default. On CUDA the model
+            trains there (channels-last, autocast in bf16/fp16) and is moved back to the CPU at the end.
+        augment: Applied to every training batch before it is moved to the device (validation never).
 
     Returns:
         A :class:`TrainResult`.
@@ -260,8 +270,51 @@ def fit(
         raise TrainingError("the model has no trainable parameters")
 
     seed_everything(seed)
+    rt = runtime or CPU
     xt, yt = _to_tensors(x_train, y_train)
-    num_classes = _num_outputs(model, xt[:1])
+    if rt.is_cuda:
+        model.to(rt.device)
+        if rt.channels_last:
+            model.to(memory_format=torch.channels_last)
+    try:
+        return _fit_loop(
+            model, xt, yt, x_val, y_val, params, rt,
+            epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, patience=patience,
+            weight_decay=weight_decay, loss_fn=loss_fn, progress=progress, after_step=after_step,
+            optimizer=optimizer, indexed_loss_fn=indexed_loss_fn, schedule=schedule, augment=augment,
+        )  # fmt: skip
+    finally:
+        if rt.is_cuda:
+            model.to("cpu")
+            model.to(memory_format=torch.contiguous_format)
+
+
+def _fit_loop(
+    model: nn.Module,
+    xt: Tensor,
+    yt: Tensor,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    params: list[nn.Parameter],
+    rt: Runtime,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    patience: int,
+    weight_decay: float,
+    loss_fn: LossFn | None,
+    progress: ProgressFn | None,
+    after_step: AfterStepFn | None,
+    optimizer: str,
+    indexed_loss_fn: IndexedLossFn | None,
+    schedule: str,
+    augment: AugmentFn | None,
+) -> TrainResult:
+    """The epochs of :func:`fit` on an already placed model (see there)."""
+    num_classes = _num_outputs(model, xt[:1].to(rt.device))
+    y_train = yt.numpy()
     top_label = int(max(y_train.max(), y_val.max()))
     if top_label >= num_classes:
         raise TrainingError(f"labels go up to {top_label} but the model has only {num_classes} outputs")
@@ -285,6 +338,7 @@ def fit(
         return plain_loss(model, xb, yb)
 
     generator = torch.Generator().manual_seed(seed)
+    scaler = torch.amp.GradScaler("cuda", enabled=rt.is_cuda and rt.precision == "fp16")
 
     best_state = _snapshot(model)
     # The starting weights are the baseline to beat, so a fine-tune can never make the model worse on val.
@@ -302,13 +356,21 @@ def fit(
         for start in range(0, len(xt), batch_size):
             index = order[start : start + batch_size]
             xb, yb = xt[index], yt[index]
+            if augment is not None:
+                xb = augment(xb)
+            if rt.is_cuda:
+                xb = xb.to(rt.device, non_blocking=True)
+                if rt.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                yb = yb.to(rt.device, non_blocking=True)
             if schedule == "cosine":
                 # Per-step cosine decay: smooth, and the last epochs fine-tune at a small rate.
                 rate = 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
                 for group in opt.param_groups:
                     group["lr"] = rate
             opt.zero_grad(set_to_none=True)
-            loss = compute_loss(xb, yb, index)
+            with rt.autocast():
+                loss = compute_loss(xb, yb, index)
             if not isinstance(loss, Tensor) or loss.numel() != 1:
                 raise TrainingError("loss_fn must return a scalar tensor")
             if not torch.isfinite(loss):
@@ -316,12 +378,14 @@ def fit(
                     f"training diverged: loss is {loss.item()} at epoch {epoch}, step {step}; "
                     f"try a lower lr than {lr}"
                 )
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             if after_step is not None:
                 after_step(model)
             step += 1
             loss_sum += float(loss.detach()) * len(index)
+        train_seconds = time.perf_counter() - started
         val_acc, val_loss = _val_scores(model, x_val, y_val)
         row = {
             "epoch": float(epoch),
@@ -330,6 +394,7 @@ def fit(
             "val_loss": val_loss,
             "lr": float(opt.param_groups[0]["lr"]),
             "seconds": time.perf_counter() - started,
+            "images_per_s": len(xt) / train_seconds if train_seconds > 0 else 0.0,
         }
         history.append(row)
         if progress is not None:
@@ -393,6 +458,8 @@ def fit_splits(
     loss_fn: LossFn | None = None,
     indexed_loss_fn: IndexedLossFn | None = None,
     progress: ProgressFn | None = None,
+    runtime: Runtime | None = None,
+    augment: AugmentFn | None = None,
 ) -> TrainResult:
     """:func:`fit` on a data set's train and validation splits with one settings object.
 
@@ -412,4 +479,6 @@ def fit_splits(
         loss_fn=loss_fn,
         indexed_loss_fn=indexed_loss_fn,
         progress=progress,
+        runtime=runtime,
+        augment=augment,
     )

@@ -26,6 +26,7 @@ from torch import nn
 from ml.benchmark import Candidate
 from ml.config import PruneConfig, QuantizeConfig, TrainConfig
 from ml.data import DataSplits
+from ml.device import Runtime
 from ml.errors import DataError
 from ml.evaluate import score_variant
 from ml.export import check_parity, export_onnx
@@ -61,23 +62,27 @@ class VariantManifest:
     variants: tuple[VariantInfo, ...]
     input_shape: tuple[int, int, int]
     pruning: tuple[tuple[str, str, float, float, float], ...] = field(default=())
+    skipped: tuple[tuple[str, str], ...] = field(default=())
+    """``(variant, "skipped: reason")``: variants the config asked for that this network cannot have."""
 
     def by_name(self) -> dict[str, VariantInfo]:
         """Variants keyed by name."""
         return {v.name: v for v in self.variants}
 
 
-def _fine_tuner(splits: DataSplits, config: TrainConfig) -> Callable[[nn.Module], object]:
+def _fine_tuner(
+    splits: DataSplits, config: TrainConfig, runtime: Runtime | None = None
+) -> Callable[[nn.Module], object]:
     def fine_tune(model: nn.Module) -> object:
-        return fit_splits(model, splits, config)
+        return fit_splits(model, splits, config, runtime=runtime)
 
     return fine_tune
 
 
 def build_variants(
     *,
-    teacher: ConvNet,
-    student: ConvNet,
+    teacher: nn.Module,
+    student: nn.Module,
     splits: DataSplits,
     folder: Path,
     prune: PruneConfig | None,
@@ -87,6 +92,7 @@ def build_variants(
     threads: int = 1,
     log: Log = lambda _message: None,
     calibration_progress: Callable[[str], Callable[[int, int], None] | None] = lambda _name: None,
+    runtime: Runtime | None = None,
 ) -> VariantManifest:
     """Prune, export, quantize and score; write the ONNX files and ``variants.json`` into ``folder``.
 
@@ -106,6 +112,7 @@ def build_variants(
         log: Receives one line per stage.
         calibration_progress: Given a variant name, returns the ``progress(done, total)`` callback its
             calibration reports to (or None).
+        runtime: Device and precision of the pruning and QAT fine-tunes (``ml.device``); CPU by default.
 
     Returns:
         The manifest that was written.
@@ -124,16 +131,20 @@ def build_variants(
     shape = splits.input_shape
     teacher.eval()
     student.eval()
-    fp32_models: dict[str, ConvNet] = {"teacher-fp32": teacher, student_name: student}
+    fp32_models: dict[str, nn.Module] = {"teacher-fp32": teacher, student_name: student}
     pruning: list[tuple[str, str, float, float, float]] = []
     if prune is not None:
         log(
             f"pruning: structured {prune.structured_ratio:.0%}, "
             f"unstructured {prune.unstructured_sparsity:.0%}"
         )
-        fine_tune = _fine_tuner(splits, prune.fine_tune)
+        fine_tune = _fine_tuner(splits, prune.fine_tune, runtime)
         structured = prune_structured(
-            student, prune.structured_ratio, multiple_of=prune.multiple_of, fine_tune=fine_tune
+            student,
+            prune.structured_ratio,
+            multiple_of=prune.multiple_of,
+            fine_tune=fine_tune,
+            input_shape=shape,
         ).eval()
         sparse = prune_unstructured(student, prune.unstructured_sparsity, fine_tune=fine_tune).eval()
         for label, pruned in (("structured", structured), ("unstructured", sparse)):
@@ -151,8 +162,9 @@ def build_variants(
         path = export_onnx(model, folder / f"{name}.onnx", shape)
         parity[name] = check_parity(model, path, splits.x_test).max_abs_diff
         files[name] = (path.name, None, "fp32")
-        save_net(model, folder, name, variant=name, splits=splits)
-        weights[name] = name
+        if isinstance(model, ConvNet):  # other architectures have no weights card yet: no init_from for them
+            save_net(model, folder, name, variant=name, splits=splits)
+            weights[name] = name
 
     prefix = student_name.removesuffix("-fp32")
     static_parents = ["teacher-fp32"]
@@ -184,10 +196,18 @@ def build_variants(
             folder / files[parent][0], folder / f"{name}.onnx", per_channel=quantize.per_channel
         )
         files[name] = (path.name, parent, "int8-dynamic")
-    if "int8-qat" in kinds:
+    skipped: list[tuple[str, str]] = []
+    if "int8-qat" in kinds and not isinstance(student, ConvNet):
+        reason = (
+            "skipped: eager-mode QAT needs an explicit conv-bn-relu fusion plan, which EdgeFleet has only "
+            f"for edgefleet:cnn, not for {type(student).__name__}; static INT8 stands in for it"
+        )
+        log(f"{prefix}-int8-qat {reason}")
+        skipped.append((f"{prefix}-int8-qat", reason))
+    elif "int8-qat" in kinds and isinstance(student, ConvNet):
         log(f"quantization-aware training ({quantize.qat_train.epochs} epochs), exported as QDQ")
         qat_model = prepare_qat(student)
-        _fine_tuner(splits, quantize.qat_train)(qat_model)
+        _fine_tuner(splits, quantize.qat_train, runtime)(qat_model)
         path = export_qat(qat_model, folder / f"{prefix}-int8-qat.onnx", shape)
         files[f"{prefix}-int8-qat"] = (path.name, student_name, "int8-qat")
 
@@ -211,7 +231,9 @@ def build_variants(
                 torch_weights=weights.get(name),
             )
         )
-    manifest = VariantManifest(variants=tuple(infos), input_shape=shape, pruning=tuple(pruning))
+    manifest = VariantManifest(
+        variants=tuple(infos), input_shape=shape, pruning=tuple(pruning), skipped=tuple(skipped)
+    )
     write_atomic(folder / MANIFEST, json.dumps(asdict(manifest), indent=2).encode())
     return manifest
 
@@ -235,6 +257,7 @@ def load_manifest(folder: Path) -> VariantManifest:
         variants = tuple(VariantInfo(**v) for v in raw["variants"])
         shape = tuple(int(d) for d in raw["input_shape"])
         pruning = tuple(tuple(row) for row in raw.get("pruning", ()))
+        skipped = tuple((str(name), str(reason)) for name, reason in raw.get("skipped", ()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{folder / MANIFEST}: not a readable variants manifest ({exc})") from exc
     missing = [v.file for v in variants if not (folder / v.file).is_file()]
@@ -253,6 +276,7 @@ def load_manifest(folder: Path) -> VariantManifest:
         variants=variants,
         input_shape=(shape[0], shape[1], shape[2]),
         pruning=pruning,
+        skipped=skipped,
     )
 
 

@@ -38,17 +38,48 @@ from steps.train_teacher import train_teacher  # noqa: E402
 def training_pipeline(config: TrainingPipelineConfig = TrainingPipelineConfig()) -> None:  # noqa: B008
     """Train (or fine-tune), distil, prune, quantize, benchmark, gate and register one model family."""
     warm = fetch_init_weights(config.init_from) if config.init_from else None
-    splits = load_data(config.data, init_weights=warm)
-    teacher, teacher_metrics = train_teacher(
-        splits, config.teacher, init_weights=warm, reuse=config.init_teacher == "reuse"
+    splits = load_data(config.data, init_weights=warm, teacher=config.teacher, student=config.student)
+    teacher, teacher_metrics, training_facts = train_teacher(
+        splits,
+        config.teacher,
+        init_weights=warm,
+        reuse=config.init_teacher == "reuse",
+        augment=config.data.augment,
+        device=config.device,
+        precision=config.precision,
     )
-    student, student_metrics = distill_student(splits, teacher, config.student, init_weights=warm)
+    student, student_metrics = distill_student(
+        splits,
+        teacher,
+        config.student,
+        init_weights=warm,
+        teacher_layer=config.teacher.feature_layer,
+        augment=config.data.augment,
+        device=config.device,
+        precision=config.precision,
+    )
     ablation = (
-        train_label_only_student(splits, config.student, init_weights=warm)
+        train_label_only_student(
+            splits,
+            config.student,
+            init_weights=warm,
+            augment=config.data.augment,
+            device=config.device,
+            precision=config.precision,
+        )
         if config.student.ablation
         else None
     )
-    variants = build_variants(splits, teacher, student, config.prune, config.quantize, init_weights=warm)
+    variants = build_variants(
+        splits,
+        teacher,
+        student,
+        config.prune,
+        config.quantize,
+        init_weights=warm,
+        device=config.device,
+        precision=config.precision,
+    )
     benchmark = benchmark_variants(splits, teacher, teacher_metrics, variants, config.benchmark)
     selections = select_variants(benchmark, teacher_metrics, config.profiles)
     register_models(
@@ -62,4 +93,5 @@ def training_pipeline(config: TrainingPipelineConfig = TrainingPipelineConfig())
         selections,
         config,
         init_weights=warm,
+        training_facts=training_facts,
     )

@@ -19,7 +19,8 @@ class Lineage:
     """Where a model version came from.
 
     ``init_from`` is the parent of a fine-tune, resolved to ``models:/NAME/VERSION``; empty (and then not
-    written as a tag) for a version trained from random weights.
+    written as a tag) for a version trained from random weights. ``teacher_weights_sha256`` names a
+    pretrained teacher file; ``device``, ``gpu_name`` and ``precision`` say where training ran.
     """
 
     git_commit: str
@@ -29,13 +30,21 @@ class Lineage:
     pipeline_run_id: str
     teacher_model_id: str
     init_from: str = ""
+    teacher_arch: str = ""
+    student_arch: str = ""
+    teacher_weights_sha256: str = ""
+    device: str = ""
+    gpu_name: str = ""
+    precision: str = ""
 
     def as_tags(self) -> dict[str, str]:
-        """Model-version tags, under the ``edgefleet.lineage.`` prefix."""
+        """Model-version tags, under the ``edgefleet.lineage.`` prefix (optional facts only when set)."""
+        optional = {"init_from", "teacher_arch", "student_arch", "teacher_weights_sha256"}
+        optional |= {"device", "gpu_name", "precision"}
         return {
             f"edgefleet.lineage.{key}": str(value).lower() if isinstance(value, bool) else str(value)
             for key, value in asdict(self).items()
-            if not (key == "init_from" and not value)
+            if not (key in optional and not value)
         }
 
 

@@ -19,7 +19,7 @@ from zenml.logger import get_logger
 
 from ml.config import PruneConfig, QuantizeConfig
 from ml.data import DataSplits
-from ml.nets import ConvNet
+from ml.device import resolve_runtime
 from ml.variants import build_variants as build
 from ml.warmstart import load_warm_start, student_plan
 
@@ -35,10 +35,11 @@ def build_variants(
     quantize: QuantizeConfig,
     threads: int = 2,
     init_weights: Path | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> Annotated[Path, "variants"]:
     """Structured + unstructured pruning, ONNX export with parity, static/dynamic/QAT INT8, scoring."""
     torch.set_num_threads(threads)
-    assert isinstance(teacher, ConvNet) and isinstance(student, ConvNet)
     student_name: str = "student-fp32"
     student_int8: tuple[str, ...] | None = None  # None: the kinds the config switches on
     if init_weights is not None:
@@ -67,6 +68,12 @@ def build_variants(
             student_int8=student_int8,
             log=logger.info,
             calibration_progress=calibration_bar,
+            runtime=resolve_runtime(device, precision),
         )
-    log_metadata({f"accuracy.{v.name}": v.accuracy for v in manifest.variants})
+    log_metadata(
+        {
+            **{f"accuracy.{v.name}": v.accuracy for v in manifest.variants},
+            **{f"skipped.{name}": reason for name, reason in manifest.skipped},
+        }
+    )
     return folder

@@ -40,6 +40,7 @@ def _selection(raw: dict[str, Any]) -> Selection:
         p50_ms=raw["p50_ms"],
         gates=tuple(GateResult(**g) for g in raw["gates"]),
         all_results={k: tuple(GateResult(**g) for g in v) for k, v in raw["all_results"].items()},
+        reason=raw.get("reason", ""),
     )
 
 
@@ -66,6 +67,7 @@ def register_models(
     selections: dict[str, dict[str, Any]],
     config: TrainingPipelineConfig,
     init_weights: Path | None = None,
+    training_facts: dict[str, str] | None = None,
 ) -> Annotated[dict[str, dict[str, str]], "registered_versions"]:
     """Log the teacher, write the model card and plots, register one version per profile as ``candidate``."""
     manifest = load_manifest(variants).by_name()
@@ -101,6 +103,12 @@ def register_models(
         pipeline_run_id=run_id,
         teacher_model_id=teacher_id,
         init_from=warm.source if warm is not None else "",
+        teacher_arch=config.teacher.arch,
+        student_arch=config.student.arch,
+        teacher_weights_sha256=(training_facts or {}).get("teacher_weights_sha256", ""),
+        device=(training_facts or {}).get("device", ""),
+        gpu_name=(training_facts or {}).get("gpu_name", ""),
+        precision=(training_facts or {}).get("precision", ""),
     )
     card_notes: list[str] = []
     if warm is not None:
@@ -117,6 +125,8 @@ def register_models(
     extra_data = f" + {', '.join(config.data.extra_train)} (training only)" if config.data.extra_train else ""
     registered: dict[str, dict[str, str]] = {}
     for selection in chosen:
+        if selection.reason:
+            logger.info("%s ships %s", selection.profile, selection.reason)
         info = manifest[selection.variant]
         onnx_path = variants / info.file
         parent_path = variants / manifest[info.parent].file if info.parent else onnx_path

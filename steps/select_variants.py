@@ -30,6 +30,6 @@ def select_variants(
     selections: dict[str, dict[str, Any]] = {}
     for profile in profiles_from_config(profiles):
         chosen = select_variant(profile, results, teacher_metrics["test_accuracy"])
-        logger.info("profile %s ships %s\n%s", profile.name, chosen.variant, chosen.table)
+        logger.info("profile %s ships %s (%s)\n%s", profile.name, chosen.variant, chosen.reason, chosen.table)
         selections[profile.name] = asdict(chosen)
     return selections

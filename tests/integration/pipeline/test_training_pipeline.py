@@ -7,7 +7,6 @@ One module-scoped run feeds every assertion; the impossible-gate run reuses its 
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from ml.data import fingerprint, load_digits
+
+from .conftest import Stack
 
 ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
@@ -29,32 +30,10 @@ def _run(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    home = tmp_path_factory.mktemp("edgefleet-home")
-    env = {
-        **os.environ,
-        "EDGEFLEET_HOME": str(home),
-        "ZENML_CONFIG_PATH": str(home / "zenml"),
-        "ZENML_ANALYTICS_OPT_IN": "false",
-        "AUTO_OPEN_DASHBOARD": "false",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    init = _run([str(BIN / "edgefleet"), "stack", "init"], env)
-    assert init.returncode == 0, init.stdout + init.stderr
-    run = _run(
-        [
-            str(BIN / "zenml"),
-            "pipeline",
-            "run",
-            "pipelines.training.training_pipeline",
-            "-c",
-            "configs/ci.yaml",
-        ],
-        env,
-    )
+def project(stack: Stack) -> dict[str, object]:
+    run = stack.run_pipeline("configs/ci.yaml")
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    return {"home": home, "env": env, "uri": uri, "client": MlflowClient(tracking_uri=uri, registry_uri=uri)}
+    return {"home": stack.home, "env": stack.env, "uri": stack.uri, "client": stack.client}
 
 
 def test_stack_init_is_idempotent(project: dict[str, object]) -> None:

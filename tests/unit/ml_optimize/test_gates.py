@@ -139,3 +139,73 @@ def test_torch_baseline_is_never_selected() -> None:
     selection = select_variant(GateProfile(name="p", min_accuracy=0.5), results, 0.99)
     assert selection.variant == "student-int8"
     assert "teacher-torch-eager" not in selection.all_results
+
+
+# Noise-aware selection (issue 10): P50s within the noise of the fastest passing variant are tied; ties go to
+# accuracy, then size; Selection.reason names the rule that decided.
+LOOSE = GateProfile(name="loose", min_accuracy=0.5)
+
+
+def _variant(p50: float, accuracy: float, size_kb: float, noise: float = 0.0) -> dict[str, float]:
+    return {"accuracy": accuracy, "p50_ms": p50, "p99_ms": p50, "size_kb": size_kb, "p50_noise_ms": noise}
+
+
+def test_tie_within_noise_goes_to_the_more_accurate_variant_and_says_so() -> None:
+    variants = {
+        "student-int8-dynamic": _variant(1.000, accuracy=0.95, size_kb=40.0),
+        "student-int8-static": _variant(1.020, accuracy=0.97, size_kb=45.0),  # 2 % slower: within 3 %
+        "student-fp32": _variant(1.200, accuracy=0.99, size_kb=160.0),  # 20 % slower: not tied
+    }
+    selection = select_variant(LOOSE, variants, teacher_accuracy=0.99)
+    assert selection.variant == "student-int8-static"
+    assert "fastest is student-int8-dynamic" in selection.reason
+    assert "student-int8-static, student-int8-dynamic differ by less than the noise" in selection.reason
+    assert "tied; won on highest accuracy among them (97.00 %)" in selection.reason
+    assert "student-fp32" not in selection.reason
+
+
+def test_tie_with_equal_accuracy_goes_to_the_smaller_file_and_says_so() -> None:
+    variants = {
+        "big": _variant(1.000, accuracy=0.97, size_kb=90.0),
+        "small": _variant(1.010, accuracy=0.97, size_kb=30.0),
+    }
+    selection = select_variant(LOOSE, variants, teacher_accuracy=0.97)
+    assert selection.variant == "small"
+    assert selection.reason.endswith("won on same accuracy, smallest file among them (30.0 KiB)")
+
+
+def test_accuracy_outranks_size_among_tied_variants() -> None:
+    variants = {
+        "small-less-accurate": _variant(1.000, accuracy=0.96, size_kb=20.0),
+        "large-more-accurate": _variant(1.005, accuracy=0.98, size_kb=200.0),
+    }
+    assert select_variant(LOOSE, variants, teacher_accuracy=0.98).variant == "large-more-accurate"
+
+
+def test_measured_noise_widens_the_tie_beyond_the_relative_floor() -> None:
+    quiet = {"fast": _variant(1.0, accuracy=0.95, size_kb=40.0), "slow": _variant(1.1, 0.98, size_kb=40.0)}
+    assert select_variant(LOOSE, quiet, 0.98).variant == "fast"  # 10 % apart, above the 3 % floor
+    noisy = {**quiet, "slow": _variant(1.1, accuracy=0.98, size_kb=40.0, noise=0.15)}
+    selection = select_variant(LOOSE, noisy, 0.98)
+    assert selection.variant == "slow"
+    assert "(±0.15 ms), tied; won on highest accuracy" in selection.reason
+
+
+def test_a_clear_winner_says_no_other_is_within_the_noise() -> None:
+    variants = {"fast": _variant(0.5, 0.95, 40.0), "slow": _variant(1.0, 0.99, 20.0)}
+    selection = select_variant(LOOSE, variants, teacher_accuracy=0.99)
+    assert selection.variant == "fast"
+    assert selection.reason == (
+        "fast is the fastest passing variant (P50 0.5 ms) and no other is within the noise"
+    )
+
+
+def test_a_tied_variant_that_fails_a_gate_cannot_win_the_tie() -> None:
+    variants = {
+        "passes": _variant(1.00, accuracy=0.95, size_kb=40.0),
+        "too-big": _variant(1.01, accuracy=0.99, size_kb=400.0),
+    }
+    profile = GateProfile(name="small", min_accuracy=0.5, max_size_kb=100)
+    selection = select_variant(profile, variants, teacher_accuracy=0.99)
+    assert selection.variant == "passes"
+    assert "no other is within the noise" in selection.reason

@@ -278,3 +278,25 @@ def test_fingerprint_changes_with_any_pixel_label_shape_or_dtype() -> None:
     assert fingerprint(x.astype(np.float64), y) != base
     with pytest.raises(DataError):
         fingerprint(np.array([object()]), y)
+
+
+# --- image folders decoded by DataLoader workers (data.num_workers) ----------------------------------
+
+
+def test_image_folder_with_workers_equals_in_process(image_folder: Path) -> None:
+    x0, y0, names0 = load_image_folder(image_folder, size=(5, 7))
+    x2, y2, names2 = load_image_folder(image_folder, size=(5, 7), num_workers=2)
+    assert names2 == names0 and x2.shape == (12, 1, 5, 7)
+    np.testing.assert_array_equal(y2, y0)
+    np.testing.assert_array_equal(x2, x0)
+
+
+def test_unreadable_image_in_a_worker_names_the_file(image_folder: Path) -> None:
+    (image_folder / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(DataError, match=r"^cannot read image .*broken\.png"):
+        load_image_folder(image_folder, num_workers=1)
+
+
+def test_negative_num_workers_is_refused(image_folder: Path) -> None:
+    with pytest.raises(DataError, match="num_workers"):
+        load_image_folder(image_folder, num_workers=-1)
