@@ -47,7 +47,14 @@ from ota.core.manifest import (
 from ota.edge.api import DeviceApi
 from ota.edge.backoff import full_jitter_delay, jittered_interval
 from ota.edge.config import AgentConfig
-from ota.edge.errors import EdgeError, FetchError, IdentityError, SlotError, VerificationError
+from ota.edge.errors import (
+    EdgeError,
+    FetchError,
+    HttpStatusError,
+    IdentityError,
+    SlotError,
+    VerificationError,
+)
 from ota.edge.fetch import Fetcher, make_client
 from ota.edge.fsutil import ensure_private_dir
 from ota.edge.identity import DeviceIdentity, Enrolment
@@ -542,15 +549,39 @@ class Agent:
         if enrolment is not None and enrolment.admission == AdmissionState.ACCEPTED.value:
             return enrolment
         if self.provisioning_token is None:
-            if enrolment is not None:
-                return enrolment
-            raise EdgeError("this device is not enrolled; pass --provisioning-token")
+            if enrolment is None:
+                raise EdgeError("this device is not enrolled; pass --provisioning-token")
+            if enrolment.admission == AdmissionState.PENDING.value:
+                return self._recheck_admission(enrolment)
+            return enrolment
         answered = self._enrol()
         if answered is None:
             return Enrolment(self.device_id, "", "", {}, AdmissionState.REJECTED.value)
         enrolment, tuf_root = answered
         self.identity.store_enrolment(enrolment, tuf_root)
         return enrolment
+
+    def _recheck_admission(self, enrolment: Enrolment) -> Enrolment:
+        """Ask a pending device's server, without the provisioning token, whether it was accepted.
+
+        A restarted agent (``edgefleet-agent`` without ``--provisioning-token``) must not sit at "pending"
+        forever after ``edgefleet devices accept``: the token endpoint, signed with the device key, issues
+        a poll token to accepted devices only, so a token means accepted (stored; the root stays) and a 403
+        means still pending.
+
+        Raises:
+            EdgeError: The call failed for another reason than a refusal (see
+                :meth:`ota.edge.api.DeviceApi.token`).
+        """
+        try:
+            self.api.token()
+        except HttpStatusError as exc:
+            if exc.status_code == 403:
+                return enrolment
+            raise
+        accepted = replace(enrolment, admission=AdmissionState.ACCEPTED.value)
+        self.identity.store_enrolment(accepted, {})  # the stored root stays: it is never swapped
+        return accepted
 
     def _ensure_token(self) -> str:
         """Return a valid poll token (see :meth:`ota.edge.api.DeviceApi.token`)."""

@@ -181,3 +181,31 @@ def test_cli_run_once_enrols_and_installs(ota_server: LiveServer, tmp_path: Path
     assert key_mode == 0o600
     status = runner.invoke(agent_app, ["status", "--state-dir", str(state_dir)])
     assert status.exit_code == 0 and '"phase": "committed"' in status.output
+
+
+def test_a_pending_device_restarted_without_its_token_learns_it_was_accepted(
+    ota_server: LiveServer, tmp_path: Path
+):
+    # The README's admission flow: enrol with a manual-admission token, get accepted, run again without
+    # the token (as `edgefleet-agent --server … --state-dir …` does): the agent must not stay "pending".
+    with ota_server.http() as http:
+        created = http.post("/v1/provisioning-tokens", json={"name": "line-3"}, headers=ota_server.admin)
+    assert created.status_code == 201, created.text
+    manual_token = created.json()["token"]
+    release = ota_server.publish(linear_onnx(3, size=256), model="m", version="1", profile=PROFILE)["release"]
+    ota_server.rollout(release["id"])
+    state_dir = tmp_path / "agent"
+    first = make_agent(ota_server, state_dir)
+    first.provisioning_token = manual_token
+    assert first.poll_once().outcome == "pending"
+
+    restarted = make_agent(ota_server, state_dir)
+    restarted.provisioning_token = None
+    assert restarted.poll_once().outcome == "pending"  # still pending: the token endpoint says 403
+    with ota_server.http() as http:
+        accepted = http.post(
+            f"/v1/devices/{restarted.device_id}/admission/accepted", json={}, headers=ota_server.admin
+        )
+    assert accepted.status_code == 200, accepted.text
+    assert poll_until(restarted, {"installed"}).outcome == "installed"
+    assert restarted.identity.load_enrolment().admission == "accepted"

@@ -7,70 +7,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
-import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from ota.cli import app
-from registry.lineage import Lineage
-from registry.store import ensure_experiment, register_variant, use_tracking_uri
+from tests.integration.registered_model import LINEAGE, MODEL, register_production_version
 from tests.integration.server.conftest import LiveServer, live_server, settings_for
-
-MODEL = "edgefleet-digits-cpu-int8-small"
-LINEAGE = Lineage(
-    git_commit="0123456789abcdef0123456789abcdef01234567",
-    git_dirty=False,
-    data_fingerprint="sha256:digits-fingerprint",
-    config_hash="cfg-hash-1",
-    pipeline_run_id="zenml-run-42",
-    teacher_model_id="m-teacher0001",
-)
-
-
-def digits_onnx(path: Path) -> Path:
-    """A valid ONNX classifier of 8x8 digits: logits = flatten(x) @ W."""
-    weights = np.arange(640, dtype=np.float32).reshape(64, 10) / 640
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["x"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "W"], ["logits"]),
-        ],
-        "digits",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
-        initializer=[numpy_helper.from_array(weights, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.write_bytes(model.SerializeToString())
-    return path
 
 
 @pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    before = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    use_tracking_uri(uri)
-    experiment = ensure_experiment(uri, "edgefleet-training", artifact_location=(tmp_path / "art").as_uri())
-    onnx_path = digits_onnx(tmp_path / "model.onnx")
-    with mlflow.start_run(experiment_id=experiment):
-        register_variant(
-            model_name=MODEL,
-            profile="cpu-int8-small",
-            variant="student-int8-static",
-            onnx_path=onnx_path,
-            parent_path=onnx_path,
-            metrics={"accuracy": 0.97},
-            params={"variant": "student-int8-static", "data_source": "digits"},
-            lineage=LINEAGE,
-            alias="production",
-        )
-    use_tracking_uri(before)
-    yield uri
+    return register_production_version(tmp_path)
 
 
 @pytest.fixture
