@@ -224,3 +224,24 @@ def test_revocation_takes_effect_at_once_on_both_databases(
         assert device.report(http, ReportStatus.COMMITTED).status_code == 403
         audit = {e["action"] for e in http.get("/v1/audit", headers=server.admin).json()}
         assert {"token.revoke", "provisioning.revoke", "device.revoke"} <= audit
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_group_scoped_provisioning_token_binds_the_group_on_both_databases(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Issue 9, defect 5: an auto-accept token scoped to a group let a device enrol into another group."""
+    with server_on(database, tmp_path, request) as server, server.client() as http:
+        made = http.post(
+            "/v1/provisioning-tokens",
+            json={"name": "lab", "auto_accept": True, "group": "lab"},
+            headers=server.admin,
+        )
+        assert made.status_code == 201, made.text
+        token = made.json()["token"]
+        escape = SimDevice("escaper", group="production").enrol(http, token)
+        assert escape.status_code == 403 and "group 'lab' only" in escape.json()["message"]
+        assert SimDevice("lab-1", group="lab").enrol(http, token).status_code == 201
+        assert SimDevice("lab-2").enrol(http, token).status_code == 201
+        groups = {d["id"]: d["group"] for d in http.get("/v1/devices", headers=server.admin).json()}
+        assert groups == {"lab-1": "lab", "lab-2": "lab"}
