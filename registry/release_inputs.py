@@ -2,7 +2,7 @@
 self-test vectors. Shared by the release pipeline's steps and ``edgefleet release publish --model-uri``, so
 both publish exactly the same thing.
 
-Self-test vectors (format: ``ota.edge.health``): the first samples of the held-out test split (same loader,
+Self-test vectors (format: ``ota.core.selftest``): the first samples of the held-out test split (same loader,
 split and seed as training, so no training sample leaks in); expected logits and top-1 come from an ONNX
 Runtime run of the exact artifact, one sample at a time like the device does.
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from ml.config import DataConfig
 from ml.data import load_dataset, split
-from ota.edge.health import save_vectors
+from ota.core.selftest import save_vectors
 from registry.fetch import VersionFacts, fetch_model, parse_model_uri
 
 

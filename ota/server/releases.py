@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tuf.api.metadata import TargetFile
 
 from ota.core.files import sha256_file
+from ota.core.selftest import SelfTestFormatError, load_vectors
 from ota.server.blobstore import BlobStore
 from ota.server.db import bump_counter, transaction
 from ota.server.errors import ConflictError, InvalidRequestError, ServerError
@@ -78,10 +78,11 @@ def _check_vectors(path: Path) -> tuple[str, int]:
     sha256, length = file_digest(path)
     if length == 0:
         raise InvalidRequestError("the self-test vectors file is empty")
-    # An .npz is a zip archive; the full schema is checked by the agent (ota.edge.health.load_vectors),
-    # which the server must not import (numpy/onnxruntime are edge dependencies).
-    if not zipfile.is_zipfile(path):
-        raise InvalidRequestError("the self-test vectors must be an .npz (zip) file")
+    # The same reader the agent runs before committing a model: a file it would refuse is refused here.
+    try:
+        load_vectors(path, max_bytes=length)
+    except SelfTestFormatError as exc:
+        raise InvalidRequestError(f"bad self-test vectors: {exc}") from exc
     return sha256, length
 
 

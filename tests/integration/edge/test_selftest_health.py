@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ota.edge.health import save_vectors
+from ota.core.selftest import save_vectors
 from ota.edge.state import Phase
 from ota.server.status_cli import rollout_report
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ota.core.selftest import SelfTestFormatError, load_vectors, save_vectors
 from ota.edge.config import AgentConfig
-from ota.edge.errors import HealthCheckError
-from ota.edge.health import load_vectors, run_health_check, save_vectors
+from ota.edge.health import run_health_check
 
 CONFIG = AgentConfig(warmup_runs=2, latency_runs=5, ort_intra_op_threads=1)
 
@@ -149,7 +149,7 @@ def test_malformed_vectors_fail_the_check_not_the_agent(tmp_path, linear_model):
 def test_load_vectors_rejects_bad_arrays(tmp_path, arrays, message):
     path = tmp_path / "v.npz"
     np.savez(path, **arrays)
-    with pytest.raises(HealthCheckError, match=message):
+    with pytest.raises(SelfTestFormatError, match=message):
         load_vectors(path, max_bytes=10_000_000)
 
 
@@ -162,12 +162,12 @@ def test_load_vectors_refuses_pickled_objects(tmp_path):
         expected_logits=np.zeros((1, 4)),
         tolerance=np.asarray(0.1),
     )
-    with pytest.raises(HealthCheckError):
+    with pytest.raises(SelfTestFormatError):
         load_vectors(path, max_bytes=10_000_000)
 
 
 def test_load_vectors_refuses_oversized_files(tmp_path, linear_model):
     _, weights, bias = linear_model(1)
     path = _vectors(tmp_path, weights, bias)
-    with pytest.raises(HealthCheckError, match="more than"):
+    with pytest.raises(SelfTestFormatError, match="more than"):
         load_vectors(path, max_bytes=10)

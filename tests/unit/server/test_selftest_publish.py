@@ -8,14 +8,14 @@ constraint nor loses the delta the director serves.
 
 from __future__ import annotations
 
-import io
-import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from ota.core.selftest import save_vectors
 from ota.server.context import ServerContext
 from ota.server.db import transaction
 from ota.server.errors import ConflictError, InvalidRequestError
@@ -29,10 +29,15 @@ from ota.server.releases import (
 
 
 def npz(path: Path, payload: bytes) -> Path:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("inputs.npy", payload)
-    path.write_bytes(buffer.getvalue())
+    """Valid self-test vectors (the server checks their schema) whose inputs are ``payload``'s bytes."""
+    inputs = np.frombuffer(payload, dtype=np.uint8).astype(np.float32)[None, :]
+    save_vectors(
+        path,
+        inputs=inputs,
+        expected_top1=np.zeros(1, dtype=np.int64),
+        expected_logits=np.zeros((1, 2), dtype=np.float32),
+        tolerance=0.05,
+    )
     return path
 
 

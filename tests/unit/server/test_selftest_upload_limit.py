@@ -1,4 +1,4 @@
-"""Issue 9, item 2: self-test vectors written by the project's own writer (``ota.edge.health.save_vectors``)
+"""Issue 9, item 2: self-test vectors written by the project's own writer (``ota.core.selftest.save_vectors``)
 for ordinary models are megabytes; staging them through the API works up to EDGEFLEET_MAX_SELFTEST_BYTES
 (64 MiB by default) while other JSON bodies keep the 64 KiB limit."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from ota.edge.health import load_vectors, save_vectors
+from ota.core.selftest import load_vectors, save_vectors
 from ota.server.context import ServerContext
 from ota.server.releases import selftest_staging_key
 from ota.server.settings import ServerSettings
