@@ -56,7 +56,7 @@ from registry.errors import PromotionRefusedError, RegistryError
 from registry.fetch import VersionFacts, check_weights, fetch_model, version_facts
 from registry.lineage import Lineage
 from registry.promotion import PRODUCTION_ALIAS, promote, rollback
-from registry.store import client_for, register_variant, version_metrics
+from registry.store import client_for, register_variant, registered_name, version_metrics
 from registry.trace import TraceChain, render_trace, trace_device
 
 # Wide enough for the summary tables when output goes to a pipe or a CI log rather than a terminal.
@@ -632,7 +632,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
     release["parameters"]["config"]["model_name"] = model_name_base
     profile = release["parameters"]["config"].get("profiles", ["cpu-int8-small"])[0]
     release["parameters"]["config"]["profiles"] = [profile]
-    name = f"{model_name_base}-{profile}"
+    name = registered_name(model_name_base, profile)
     release_path = write_yaml(release, work, "release.yaml")
     tracking_uri = ensure_stack().tracking_uri
     summary = DemoSummary(model_name=name, profile=profile, server_home=home / "ota")

@@ -116,6 +116,15 @@ def ensure_experiment(tracking_uri: str, name: str, *, artifact_location: str) -
     return str(client.create_experiment(name, artifact_location=artifact_location))
 
 
+def registered_name(model_name: str, profile: str) -> str:
+    """The MLflow registered-model name of a model family on one target profile: ``{model_name}-{profile}``.
+
+    The one place the name is built: the training pipeline registers under it, and the release pipeline,
+    the demo and ``release publish --model-uri`` look versions up by it.
+    """
+    return f"{model_name}-{profile}"
+
+
 def content_hash(onnx_path: Path, lineage: Lineage) -> str:
     """Identity of a version: model bytes, configuration and data (not the commit, nor the run id)."""
     key = f"{file_sha256(onnx_path)}:{lineage.config_hash}:{lineage.data_fingerprint}"

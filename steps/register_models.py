@@ -28,7 +28,7 @@ from ml.report import write_report
 from ml.variants import VariantInfo, load_manifest
 from ml.warmstart import MODEL_STEM, TEACHER_STEM, copy_net, load_warm_start
 from registry.lineage import Lineage, config_hash, git_state
-from registry.store import log_teacher, register_variant
+from registry.store import log_teacher, register_variant, registered_name
 
 logger = get_logger(__name__)
 
@@ -48,11 +48,6 @@ def fp32_parent(manifest: dict[str, VariantInfo], variant: str) -> VariantInfo:
     """The FP32 variant a shipped variant was made from (itself if it is FP32)."""
     info = manifest[variant]
     return info if info.kind == "fp32" or info.parent is None else manifest[info.parent]
-
-
-def registered_name(model_name: str, profile: str) -> str:
-    """One registered model per profile: ``<model_name>-<profile>``."""
-    return f"{model_name}-{profile}"
 
 
 @step

@@ -9,8 +9,8 @@ from zenml import log_metadata, step
 from zenml.logger import get_logger
 
 from registry.fetch import fetch_model
+from registry.store import registered_name
 from steps._runtime import edgefleet_home, ensure_tracking_uri
-from steps.register_models import registered_name
 from steps.release_config import ReleasePipelineConfig
 
 logger = get_logger(__name__)
