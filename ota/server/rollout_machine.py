@@ -218,7 +218,8 @@ def decide(
         policy: The abort rule.
         now: Current time.
         cohort_size: Accepted devices the current phase includes, or None when no accepted device matches
-            the rollout's selector at all (an empty fleet: the rollout waits for it).
+            the rollout's selector at all (an empty fleet: the rollout waits for it) or when the caller did
+            not count it (then nothing advances, and the failure rule needs ``min_reports_for_abort``).
 
     Returns:
         ``(event, reason)`` or None.

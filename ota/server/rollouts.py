@@ -298,9 +298,16 @@ def tick_rollout(session: Session, rollout_id: str, *, now: datetime | None = No
         phase_started = phase_started.replace(tzinfo=UTC)
     phase = _phases(rollout)[rollout.phase_index]
     counted = counters(session, rollout_id)
-    soaked = moment - phase_started >= timedelta(seconds=phase.min_soak_seconds)
-    if counted.failed == 0 and not (soaked and state is RolloutState.RUNNING):
+    may_advance = state is RolloutState.RUNNING and moment - phase_started >= timedelta(
+        seconds=phase.min_soak_seconds
+    )
+    may_fail = counted.failure_rate > rollout.failure_threshold
+    if not (may_advance or may_fail):
         return None  # nothing can fire: skip counting the cohort (a scan of the selector's devices)
+    # The cohort's size matters to an advance, and to the failure rule only while fewer final reports than
+    # min_reports_for_abort arrived (a smaller cohort arms it sooner); a watched completed rollout with
+    # enough reports is decided without the scan. None there is decide's "unknown", which cannot advance.
+    counted_cohort = may_advance or counted.reported < rollout.min_reports_for_abort
     decision = decide(
         state=state,
         phase=phase,
@@ -310,7 +317,7 @@ def tick_rollout(session: Session, rollout_id: str, *, now: datetime | None = No
             rollout.failure_threshold, rollout.min_reports_for_abort, RolloutEvent(rollout.abort_action)
         ),
         now=moment,
-        cohort_size=cohort_size(session, rollout),
+        cohort_size=cohort_size(session, rollout) if counted_cohort else None,
     )
     if decision is None:
         return None
