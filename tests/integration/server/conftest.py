@@ -107,3 +107,51 @@ def settings_for(tmp_path: Path, **overrides: Any) -> ServerSettings:
     }
     values.update(overrides)
     return load_settings(**values)
+
+
+@dataclass
+class InProcessApp:
+    """The app on one database in process (TestClient), with an admin token and an enrolled device."""
+
+    app: Any
+    client: Any
+    ctx: ServerContext
+    admin_token: str
+    device: Any
+
+
+@contextmanager
+def in_process_app(
+    request: pytest.FixtureRequest, tmp_path: Path, *, database: str, device_id: str
+) -> Iterator[InProcessApp]:
+    """Build the app on SQLite or PostgreSQL (a fresh schema), with 500s seen as answers, not test errors."""
+    from fastapi.testclient import TestClient
+
+    from ota.server.app import create_app
+    from ota.server.auth import create_operator_token, create_provisioning_token
+    from ota.server.db import transaction
+    from ota.server.testing import SimDevice
+
+    database_url = request.getfixturevalue("pg_url") if database == "postgresql" else ""
+    ctx = build_context(
+        load_settings(
+            home=tmp_path / "home",
+            database_url=database_url,
+            token_secret=secrets.token_urlsafe(48),
+            cache_refresh_interval=3600,
+            resign_check_interval=3600,
+            rollout_tick_interval=3600,
+        )
+    )
+    with transaction(ctx.sessions) as session:
+        _row, admin = create_operator_token(session, name="admin", scopes=["admin"])
+        _prow, provisioning = create_provisioning_token(session, name="p", auto_accept=True)
+    app = create_app(ctx=ctx)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            device = SimDevice(device_id)
+            assert device.enrol(client, provisioning).status_code == 201
+            device.login(client)
+            yield InProcessApp(app, client, ctx, admin, device)
+    finally:
+        ctx.close()

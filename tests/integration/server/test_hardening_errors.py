@@ -7,7 +7,6 @@ can); anything unexpected is the JSON error body with 500 and no internals; engi
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,37 +16,21 @@ from fastapi.testclient import TestClient
 
 from ota.core.manifest import ReportStatus, TokenRequest
 from ota.core.signing import sign_document
-from ota.server.app import create_app
-from ota.server.auth import create_operator_token, create_provisioning_token
-from ota.server.context import ServerContext, build_context
-from ota.server.db import transaction
-from ota.server.settings import load_settings
+from ota.server.context import ServerContext
 from ota.server.testing import SimDevice
+
+from .conftest import in_process_app
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    database_url = request.getfixturevalue("pg_url") if request.param == "postgresql" else ""
-    ctx = build_context(
-        load_settings(
-            home=tmp_path / "home",
-            database_url=database_url,
-            token_secret=secrets.token_urlsafe(48),
-            cache_refresh_interval=3600,
-            resign_check_interval=3600,
-            rollout_tick_interval=3600,
-        )
-    )
-    with transaction(ctx.sessions) as session:
-        _row, admin = create_operator_token(session, name="admin", scopes=["admin"])
-        _prow, provisioning = create_provisioning_token(session, name="p", auto_accept=True)
-    # raise_server_exceptions=False: a 500 must be seen as the answer a client gets, not as a test error.
-    with TestClient(create_app(ctx=ctx), raise_server_exceptions=False) as client:
-        device = SimDevice("dev-1")
-        assert device.enrol(client, provisioning).status_code == 201
-        device.login(client)
-        yield {"client": client, "ctx": ctx, "admin": {"Authorization": f"Bearer {admin}"}, "device": device}
-    ctx.close()
+    with in_process_app(request, tmp_path, database=request.param, device_id="dev-1") as served:
+        yield {
+            "client": served.client,
+            "ctx": served.ctx,
+            "admin": {"Authorization": f"Bearer {served.admin_token}"},
+            "device": served.device,
+        }
 
 
 def _json_error(answer: Any, status: int) -> dict[str, Any]:

@@ -3,47 +3,22 @@ non-ASCII, latin-1, NUL and very long rows) on SQLite and PostgreSQL: no operati
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
-from fastapi.testclient import TestClient
 
-from ota.server.app import create_app
-from ota.server.auth import create_operator_token, create_provisioning_token
-from ota.server.context import build_context
-from ota.server.db import transaction
-from ota.server.settings import load_settings
-from ota.server.testing import SimDevice
 from tests.unit.server.test_schemathesis import fuzz_operation
+
+from .conftest import in_process_app
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def fuzz_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    database_url = request.getfixturevalue("pg_url") if request.param == "postgresql" else ""
-    ctx = build_context(
-        load_settings(
-            home=tmp_path / "home",
-            database_url=database_url,
-            token_secret=secrets.token_urlsafe(48),
-            cache_refresh_interval=3600,
-            resign_check_interval=3600,
-            rollout_tick_interval=3600,
-        )
-    )
-    with transaction(ctx.sessions) as session:
-        _row, admin = create_operator_token(session, name="admin", scopes=["admin"])
-        _prow, provisioning = create_provisioning_token(session, name="p", auto_accept=True)
-    app = create_app(ctx=ctx)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        device = SimDevice("fuzz-device")
-        assert device.enrol(client, provisioning).status_code == 201
-        device.login(client)
-        yield {"app": app, "admin": admin, "device_token": device.token}
-    ctx.close()
+    with in_process_app(request, tmp_path, database=request.param, device_id="fuzz-device") as served:
+        yield {"app": served.app, "admin": served.admin_token, "device_token": served.device.token}
 
 
 def test_header_fuzzing_finds_no_server_error(fuzz_app: dict[str, Any]) -> None:
