@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from securesystemslib.signer import CryptoSigner
@@ -175,3 +176,22 @@ class SimDevice:
             json=self.report_envelope(status, **fields),
             headers=self.headers(),
         )
+
+
+def write_selftest_vectors(path: Path, payload: bytes) -> Path:
+    """Write valid self-test vectors (the server checks their schema) whose inputs are ``payload``'s bytes.
+
+    Distinct payloads give distinct files, for tests of content addressing and conflicts.
+    """
+    import numpy as np
+
+    from ota.core.selftest import save_vectors
+
+    save_vectors(
+        path,
+        inputs=np.frombuffer(payload, dtype=np.uint8).astype(np.float32)[None, :],
+        expected_top1=np.zeros(1, dtype=np.int64),
+        expected_logits=np.zeros((1, 2), dtype=np.float32),
+        tolerance=0.05,
+    )
+    return path

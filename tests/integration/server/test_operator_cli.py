@@ -4,12 +4,10 @@ that must create nothing in an empty folder)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from typer.testing import CliRunner, Result
 
 from ota.cli import app
 from ota.server.testing import SimDevice
+from ota.server.testing import write_selftest_vectors as npz
 from tests.integration.server.conftest import LiveServer, free_port, live_server, settings_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -39,14 +38,6 @@ def onnx_model(path: Path, scale: float, *, features: int = 4) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path.write_bytes(model.SerializeToString())
-    return path
-
-
-def npz(path: Path, payload: bytes) -> Path:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("inputs.npy", payload)
-    path.write_bytes(buffer.getvalue())
     return path
 
 

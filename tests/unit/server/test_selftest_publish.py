@@ -15,7 +15,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from ota.core.selftest import save_vectors
 from ota.server.context import ServerContext
 from ota.server.db import transaction
 from ota.server.errors import ConflictError, InvalidRequestError
@@ -26,19 +25,7 @@ from ota.server.releases import (
     selftest_staging_key,
     stage_selftest,
 )
-
-
-def npz(path: Path, payload: bytes) -> Path:
-    """Valid self-test vectors (the server checks their schema) whose inputs are ``payload``'s bytes."""
-    inputs = np.frombuffer(payload, dtype=np.uint8).astype(np.float32)[None, :]
-    save_vectors(
-        path,
-        inputs=inputs,
-        expected_top1=np.zeros(1, dtype=np.int64),
-        expected_logits=np.zeros((1, 2), dtype=np.float32),
-        tolerance=0.05,
-    )
-    return path
+from ota.server.testing import write_selftest_vectors as npz
 
 
 def model(path: Path, text: str) -> Path:
@@ -147,7 +134,6 @@ def test_same_bytes_under_a_new_version_reuse_the_delta(ctx: ServerContext, tmp_
 
 
 def _tiny_onnx() -> bytes:
-    import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     weights = np.arange(40, dtype=np.float32).reshape(4, 10)
