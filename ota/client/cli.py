@@ -341,8 +341,14 @@ def rollout_start(
         str | None,
         typer.Option(help="Comma-separated percentages, e.g. 1,10,50,100 (default: the server's)."),
     ] = None,
-    failure_threshold: Annotated[float, typer.Option(min=0, max=1)] = 0.1,
-    min_reports: Annotated[int, typer.Option(min=1, help="Reports needed before auto-abort applies.")] = 2,
+    failure_threshold: Annotated[
+        float | None,
+        typer.Option(min=0, max=1, help="Failure rate that aborts it (default: the server's, 0.1)."),
+    ] = None,
+    min_reports: Annotated[
+        int | None,
+        typer.Option(min=1, help="Final reports before auto-abort applies (default: the server's, 5)."),
+    ] = None,
     server: ServerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -355,9 +361,12 @@ def rollout_start(
         "release_id": release,
         "group": group,
         "tags": list(tag or ()),
-        "failure_threshold": failure_threshold,
-        "min_reports_for_abort": min_reports,
     }
+    # Left out, the server's defaults apply (one place: ota.server.rollout_machine), as for the phases.
+    if failure_threshold is not None:
+        body["failure_threshold"] = failure_threshold
+    if min_reports is not None:
+        body["min_reports_for_abort"] = min_reports
     if phases:
         try:
             body["phases"] = [{"percent": float(p)} for p in phases.split(",")]

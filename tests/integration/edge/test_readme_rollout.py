@@ -61,6 +61,9 @@ def test_the_readme_rollout_example_stages(ota_server: LiveServer, tmp_path: Pat
     )
     assert started.returncode == 0, started.stdout + started.stderr
     rollout_id = started.stdout.split()[-1]
+    # What the command left out is the server's safe default (one place: ota.server.rollout_machine).
+    report = ota_server.get(f"/v1/rollouts/{rollout_id}/report")
+    assert (report["failure_threshold"], report["min_reports_for_abort"]) == (0.1, 5)
 
     def completed(_summary: object) -> bool:
         state = ota_server.get(f"/v1/rollouts/{rollout_id}")["state"]
