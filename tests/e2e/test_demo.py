@@ -173,7 +173,10 @@ def test_broken_version_was_aborted_and_rolled_back(demo: dict[str, Any], server
         on_broken = [d.id for d in session.scalars(select(Device)) if d.current_sha256 == broken_sha]
     assert report.state in {"aborted", "rolled-back"}, report.state
     assert any(event.actor == "auto" and event.action == "rollout.abort" for event in report.timeline)
-    assert report.failed >= report.min_reports_for_abort
+    # The rule that fired: enough final reports (or the whole cohort) with a failure rate over the threshold.
+    # A slow model can pass one device's latency check, so successes may be among the reports.
+    assert report.succeeded + report.failed >= report.min_reports_for_abort
+    assert report.failed / (report.succeeded + report.failed) > report.failure_threshold
     assert failures and all("latency" in json.dumps(row.body) for row in failures)
     assert on_broken == []
     client: MlflowClient = demo["mlflow"]
