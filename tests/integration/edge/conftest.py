@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -241,20 +242,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def ota_server(tmp_path: Path) -> Iterator[LiveServer]:
-    """Start the real OTA server (SQLite + local blobs) on uvicorn in a thread, for one test."""
+@contextmanager
+def serve_ota(
+    home: Path, *, port: int, public_base_url: str | None = None, label: str = "edge-it"
+) -> Iterator[LiveServer]:
+    """Run the real OTA server (SQLite + local blobs) on uvicorn in a thread, on ``port``, until exit."""
     from ota.server.context import build_context
     from ota.server.settings import load_settings
     from ota.server.testing import serve_in_thread
 
-    port = _free_port()
-    home = tmp_path / "server"
     settings = load_settings(
         home=home,
         token_secret="edge-integration-secret",
         port=port,
-        public_base_url=f"http://127.0.0.1:{port}",
+        public_base_url=public_base_url or f"http://127.0.0.1:{port}",
         poll_jitter=0,
         cache_refresh_interval=0.1,
         rollout_tick_interval=0.2,
@@ -263,5 +264,12 @@ def ota_server(tmp_path: Path) -> Iterator[LiveServer]:
         rollout_min_soak_seconds=0,
     )
     ctx = build_context(settings)
-    with serve_in_thread(ctx, label="edge-it") as served:
+    with serve_in_thread(ctx, label=label) as served:
         yield LiveServer(served.url, home, served.admin_token, served.provisioning_token, ctx)
+
+
+@pytest.fixture
+def ota_server(tmp_path: Path) -> Iterator[LiveServer]:
+    """Start the real OTA server (SQLite + local blobs) on uvicorn in a thread, for one test."""
+    with serve_ota(tmp_path / "server", port=_free_port()) as server:
+        yield server

@@ -8,38 +8,19 @@ server restarts with the right URL, the agent (started with port A) must re-read
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from ota.edge.identity import DeviceIdentity
 
-from .conftest import LiveServer, _free_port
+from .conftest import LiveServer, _free_port, serve_ota
 from .test_agent_server import PROFILE, linear_onnx, make_agent, poll_until
 
 
-@contextmanager
-def served(home: Path, port: int, public_base_url: str) -> Iterator[LiveServer]:
-    from ota.server.context import build_context
-    from ota.server.settings import load_settings
-    from ota.server.testing import serve_in_thread
-
-    settings = load_settings(
-        home=home,
-        token_secret="edge-integration-secret",
-        port=port,
-        public_base_url=public_base_url,
-        poll_jitter=0,
-        cache_refresh_interval=0.1,
-        rollout_tick_interval=0.2,
-        resign_check_interval=3600,
-        rollout_min_soak_seconds=0,
-    )
-    ctx = build_context(settings)
-    with serve_in_thread(ctx, label="stale-url") as live:
-        yield LiveServer(live.url, home, live.admin_token, live.provisioning_token, ctx)
+def served(home: Path, port: int, public_base_url: str) -> AbstractContextManager[LiveServer]:
+    return serve_ota(home, port=port, public_base_url=public_base_url, label="stale-url")
 
 
 @pytest.mark.parametrize("token_on_restart", [True, False], ids=["re-enrols", "no-token-uses-own-url"])
