@@ -54,9 +54,10 @@ from ota.server.status_cli import RolloutReport, render_report, rollout_report
 from pipelines.paths import configure_environment, default_tracking_uri, edgefleet_home
 from registry.errors import PromotionRefusedError, RegistryError
 from registry.fetch import VersionFacts, check_weights, fetch_model, version_facts
+from registry.fields import PRODUCTION_ALIAS, version_metrics
 from registry.lineage import Lineage
-from registry.promotion import PRODUCTION_ALIAS, promote, rollback
-from registry.store import client_for, register_variant, registered_name, version_metrics
+from registry.promotion import promote, rollback
+from registry.store import client_for, register_variant, registered_name
 from registry.trace import TraceChain, render_trace, trace_device
 
 # Wide enough for the summary tables when output goes to a pipe or a CI log rather than a terminal.

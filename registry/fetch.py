@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from registry.errors import ModelNotFoundError, RegistryError, WeightsNotFoundError
+from registry.fields import logged_model_id
 from registry.store import (
     PROFILE_TAG,
     SHA256_TAG,
@@ -28,7 +29,6 @@ from registry.store import (
     WEIGHTS_TAG,
     client_for,
     file_sha256,
-    logged_model_id,
     model_aliases,
     resolve_version,
 )

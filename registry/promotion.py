@@ -45,45 +45,39 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ml.errors import GateError
-from ml.gates import GateProfile, GateResult, check_gates
+from ml.gates import GateResult
 from registry.errors import ModelNotFoundError, PromotionRefusedError, RegistryError
-from registry.ota_history import ROLLOUT_ID_TAG, SERVER_TAG, RolloutReader
-from registry.store import (
+from registry.fields import (
+    ARTIFACT_SHA_CHECK,
+    ARTIFACT_SIZE_CHECK,
     CANDIDATE_ALIAS,
+    DEFAULT_MARGIN_ACCURACY,
+    DEFAULT_MARGIN_P99,
+    DEFAULT_MARGIN_P99_FLOOR_MS,
+    HISTORY_PREFIX,
+    MARGIN_ACCURACY_CHECK,
+    MARGIN_P99_CHECK,
+    NO_GATES_CHECK,
+    OTA_HISTORY_CHECK,
+    PREVIOUS_ALIAS,
+    PRODUCTION_ALIAS,
     PROFILE_TAG,
+    PROMOTION_PREFIX,
+    ROLLBACK_PREFIX,
     SHA256_TAG,
-    file_sha256,
-    model_aliases,
-    resolve_version,
+    TEXT_CHECKS,
+    gate_results,
+    history_events,
     version_gates,
     version_metrics,
 )
+from registry.ota_history import ROLLOUT_ID_TAG, SERVER_TAG, RolloutReader
+from registry.store import (
+    file_sha256,
+    model_aliases,
+    resolve_version,
+)
 
-PRODUCTION_ALIAS = "production"
-PREVIOUS_ALIAS = "previous"
-PROMOTION_PREFIX = "edgefleet.promotion."
-ROLLBACK_PREFIX = "edgefleet.rollback."
-# Half an accuracy point: about the run-to-run noise of a digits-sized test split, so a real regression
-# is caught while retraining noise is not.
-DEFAULT_MARGIN_ACCURACY = 0.005
-# P99 of a millisecond-sized model on a shared CPU moves by 10-15 % between identical runs; 20 % leaves
-# room for that noise and still catches a model that got genuinely slower.
-DEFAULT_MARGIN_P99 = 0.20
-# Below ~50 µs, P99 differences are timer and scheduler noise (the digits model's P99 is ~0.07 ms, where
-# 20 % is 14 µs), so an absolute floor keeps a fine-tune of the same network from being refused on noise.
-# The profile's max_p99_ms gate still bounds the absolute latency.
-DEFAULT_MARGIN_P99_FLOOR_MS = 0.05
-# Names of the margin checks, as they appear in the refusal table and the forced-promotion audit tag.
-MARGIN_ACCURACY_CHECK = "accuracy_drop_vs_production"
-MARGIN_P99_CHECK = "p99_ms_increase_vs_production"
-NO_GATES_CHECK = "gate_tags_present"
-ARTIFACT_SIZE_CHECK = "max_size_kb_of_the_stored_file"
-ARTIFACT_SHA_CHECK = "sha256_as_registered"
-OTA_HISTORY_CHECK = "rollout_not_aborted"
-#: Checks whose "measured" cell is a sentence (kept in ``GateResult.metric``) rather than a number.
-TEXT_CHECKS = frozenset({ARTIFACT_SHA_CHECK, OTA_HISTORY_CHECK})
-HISTORY_PREFIX = "edgefleet.history."
 MODEL_FILE = "model.onnx"
 
 
@@ -194,21 +188,6 @@ def utc_now() -> str:
 def previous_alias_for(alias: str) -> str:
     """Alias for the version ``alias`` replaced: ``previous`` for production, else ``<alias>-previous``."""
     return PREVIOUS_ALIAS if alias == PRODUCTION_ALIAS else f"{alias}-previous"
-
-
-def gate_results(version: ModelVersion) -> tuple[GateResult, ...]:
-    """Re-check a version's own gates (its ``edgefleet.gate.*`` tags) on its recorded metrics.
-
-    A version registered without gate tags cannot be re-checked; it gets one failing
-    ``gate_tags_present`` row so that it is refused unless forced, instead of passing vacuously.
-    """
-    profile_name = version.tags.get(PROFILE_TAG, "unknown")
-    metrics = version_metrics(version)
-    try:
-        profile = GateProfile.from_config(profile_name, version_gates(version))
-    except GateError:
-        return (GateResult(NO_GATES_CHECK, "edgefleet.gate.* tags", None, 1.0, "≥", False),)
-    return tuple(check_gates(profile, metrics, metrics.get("teacher_accuracy")))
 
 
 def artifact_results(
@@ -591,18 +570,6 @@ def _set_tags(client: MlflowClient, name: str, version: str, tags: Mapping[str, 
             client.set_model_version_tag(name, version, f"{prefix}{key}", value)
     except MlflowException as exc:
         raise RegistryError(f"MLflow refused to tag {name} version {version}: {exc}") from exc
-
-
-def history_events(version: ModelVersion) -> list[dict[str, str]]:
-    """The version's audit events (``edgefleet.history.<n>.*`` tags), oldest first, each with its ``n``."""
-    events: dict[int, dict[str, str]] = {}
-    for key, value in version.tags.items():
-        if not key.startswith(HISTORY_PREFIX):
-            continue
-        number, _, field = key[len(HISTORY_PREFIX) :].partition(".")
-        if number.isdigit() and field:
-            events.setdefault(int(number), {"n": number})[field] = value
-    return [events[n] for n in sorted(events)]
 
 
 def _append_event(client: MlflowClient, name: str, version: str, event: Mapping[str, str]) -> None:

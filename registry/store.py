@@ -28,22 +28,24 @@ from mlflow.utils import workspace_utils
 
 from ml.files import file_sha256
 from registry.errors import ModelNotFoundError, RegistryError
+from registry.fields import (
+    CANDIDATE_ALIAS,
+    CONTENT_HASH_TAG,
+    GATE_PREFIX,
+    METRIC_PREFIX,
+    PROFILE_TAG,
+    SHA256_TAG,
+    VARIANT_TAG,
+    WEIGHTS_TAG,
+    group_edgefleet_versions,
+    newest_first,
+)
 from registry.lineage import Lineage
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
-TAG_PREFIX = "edgefleet."
-CONTENT_HASH_TAG = "edgefleet.content_hash"
-PROFILE_TAG = "edgefleet.profile"
-VARIANT_TAG = "edgefleet.variant"
-SHA256_TAG = "edgefleet.sha256"
-WEIGHTS_TAG = "edgefleet.torch_weights"
-"""Set on versions (and teacher LoggedModels) that store torch weights; the value is their artifact folder."""
 WEIGHTS_DIR = "torch"
-CANDIDATE_ALIAS = "candidate"
-METRIC_PREFIX = "edgefleet.metric."
-GATE_PREFIX = "edgefleet.gate."
 # Declared, not inferred: MLflow's requirement inference loads the model in a subprocess (~10 s each).
 PIP_REQUIREMENTS = ["onnx", "onnxruntime"]
 
@@ -294,11 +296,6 @@ def register_variant(
     )
 
 
-def version_metrics(version: ModelVersion) -> dict[str, float]:
-    """The metrics recorded on a version (from its ``edgefleet.metric.*`` tags)."""
-    return {k[len(METRIC_PREFIX) :]: float(v) for k, v in version.tags.items() if k.startswith(METRIC_PREFIX)}
-
-
 def tracking_uri_from_env() -> str | None:
     """``MLFLOW_TRACKING_URI`` if set, else None (the caller then uses the stack's or embedded URI)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or None
@@ -311,23 +308,6 @@ def use_tracking_uri(uri: str) -> None:
 
 
 # --- Read helpers for ``edgefleet models`` and ``registry.promotion`` (all take an explicit client). ---
-
-
-def version_gates(version: ModelVersion) -> dict[str, float]:
-    """The gate limits recorded on a version at registration (its ``edgefleet.gate.*`` tags).
-
-    A tag whose value is not a number is skipped: ``GateProfile.from_config`` then reports the profile as
-    incomplete rather than this helper crashing on a hand-edited tag.
-    """
-    gates: dict[str, float] = {}
-    for key, value in version.tags.items():
-        if not key.startswith(GATE_PREFIX):
-            continue
-        try:
-            gates[key[len(GATE_PREFIX) :]] = float(value)
-        except ValueError:
-            continue
-    return gates
 
 
 def resolve_version(client: MlflowClient, name: str, version_or_alias: str) -> ModelVersion:
@@ -369,10 +349,6 @@ def _search_versions(client: MlflowClient, filter_string: str | None = None) -> 
             return versions
 
 
-def _newest_first(versions: list[ModelVersion]) -> list[ModelVersion]:
-    return sorted(versions, key=lambda v: int(v.version), reverse=True)
-
-
 def model_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
     """Every version of ``name``, newest first.
 
@@ -382,42 +358,20 @@ def model_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
     versions = _search_versions(client, f"name = '{name}'")
     if not versions:
         model_aliases(client, name)  # a clear error for an unknown model instead of an empty list
-    return _newest_first(versions)
+    return newest_first(versions)
 
 
 def edgefleet_versions(client: MlflowClient) -> dict[str, list[ModelVersion]]:
     """Name → versions (newest first) of every registered model holding an EdgeFleet version.
 
     One search over every version (paged), instead of one search to find the names and one more per model.
-    A model counts when at least one of its versions has the ``edgefleet.profile`` tag; model-version tag
-    filters cannot test "tag exists", so the filter is applied here.
     """
-    grouped: dict[str, list[ModelVersion]] = {}
-    for version in _search_versions(client):
-        grouped.setdefault(str(version.name), []).append(version)
-    return {
-        name: _newest_first(versions)
-        for name, versions in sorted(grouped.items())
-        if any(PROFILE_TAG in v.tags for v in versions)
-    }
+    return group_edgefleet_versions(_search_versions(client))
 
 
 def edgefleet_model_names(client: MlflowClient) -> list[str]:
     """Names of the registered models that hold at least one EdgeFleet version (``edgefleet.profile`` tag)."""
     return list(edgefleet_versions(client))
-
-
-def logged_model_id(version: ModelVersion) -> str | None:
-    """The LoggedModel id behind a version.
-
-    The SQL registry does not always fill ``ModelVersion.model_id``; the source ``models:/m-<id>`` does.
-    """
-    if getattr(version, "model_id", None):
-        return str(version.model_id)
-    source = str(version.source or "")
-    if source.startswith("models:/m-"):
-        return source.removeprefix("models:/")
-    return None
 
 
 def version_artifacts(client: MlflowClient, version: ModelVersion) -> list[tuple[str, int | None]]:

@@ -19,9 +19,9 @@ from rich.markup import escape
 from ota.client.api import OperatorClient
 from ota.client.config import SERVER_ENV, operator_token_from_env, server_url_from_env
 from ota.client.errors import ClientError
-from registry.cli import open_registry, resolve_tracking_uri
 from registry.errors import RegistryError
 from registry.trace import render_trace, trace_device
+from registry.uris import open_registry, resolve_tracking_uri
 
 console = Console(stderr=True)
 

@@ -9,30 +9,31 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from mlflow.entities.model_registry import ModelVersion
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from ml.gates import GateResult
-from registry.promotion import (
+from registry.fields import (
+    CONTENT_HASH_TAG,
     NO_GATES_CHECK,
     OTA_HISTORY_CHECK,
+    PROFILE_TAG,
     PROMOTION_PREFIX,
     ROLLBACK_PREFIX,
-    TEXT_CHECKS,
-    PromotionReview,
-    history_events,
-)
-from registry.store import (
-    CONTENT_HASH_TAG,
-    PROFILE_TAG,
     SHA256_TAG,
+    TEXT_CHECKS,
     VARIANT_TAG,
+    VersionLike,
+    history_events,
     logged_model_id,
     version_metrics,
 )
+
+if TYPE_CHECKING:
+    from registry.promotion import PromotionReview
 
 LINEAGE_PREFIX = "edgefleet.lineage."
 # The metrics an ML engineer decides on, in reading order; the rest follow alphabetically.
@@ -106,7 +107,7 @@ def _aliases_of(version: str, aliases: Mapping[str, str], separator: str = ", ")
 
 
 def versions_table(
-    name: str, versions: Sequence[ModelVersion], aliases: Mapping[str, str], now: datetime | None = None
+    name: str, versions: Sequence[VersionLike], aliases: Mapping[str, str], now: datetime | None = None
 ) -> Table:
     """One row per version of a registered model: aliases, key metrics, profile and age."""
     # One registered model per profile, so the profile goes in the title rather than in every row.
@@ -147,12 +148,12 @@ def _key_value_table(title: str, rows: Sequence[tuple[str, str]]) -> Table:
     return table
 
 
-def _tags_under(version: ModelVersion, prefix: str) -> list[tuple[str, str]]:
+def _tags_under(version: VersionLike, prefix: str) -> list[tuple[str, str]]:
     return sorted((k[len(prefix) :], v) for k, v in version.tags.items() if k.startswith(prefix))
 
 
 def version_detail(
-    version: ModelVersion,
+    version: VersionLike,
     aliases: Mapping[str, str],
     gates: Sequence[GateResult],
     artifacts: Sequence[tuple[str, int | None]],
@@ -244,7 +245,7 @@ def gates_table(title: str, results: Mapping[str, Sequence[GateResult]]) -> Tabl
     return table
 
 
-def compare_table(name: str, a: ModelVersion, b: ModelVersion) -> Table:
+def compare_table(name: str, a: VersionLike, b: VersionLike) -> Table:
     """Metrics of two versions side by side with the difference ``B - A``."""
     metrics_a, metrics_b = version_metrics(a), version_metrics(b)
     table = Table(title=f"{name}: version {a.version} (A) vs {b.version} (B)", title_justify="left")

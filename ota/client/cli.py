@@ -247,9 +247,9 @@ def _fetch_and_publish(
 ) -> Publication:
     import yaml
 
-    from registry.cli import open_registry, resolve_tracking_uri
     from registry.release_inputs import fetch_release_inputs
     from registry.trace import release_source_uri
+    from registry.uris import open_registry, resolve_tracking_uri
     from steps.release_config import ReleasePipelineConfig
 
     settings = ReleasePipelineConfig()
