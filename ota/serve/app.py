@@ -110,7 +110,9 @@ class ServeService:
     def _model(self, request: Request) -> ServedModel:
         name = request.path_params["name"]
         if name != self.config.model_name:
-            raise ModelNotFoundError(f"no model named {name!r}; this service serves {self.config.model_name!r}")
+            raise ModelNotFoundError(
+                f"no model named {name!r}; this service serves {self.config.model_name!r}"
+            )
         model = self.manager.current
         if model is None:
             raise NotReadyError(f"model {name!r} is not ready yet (loading or warming up)")
@@ -129,7 +131,11 @@ class ServeService:
 
     async def server_metadata(self, _request: Request) -> Response:
         return JSONResponse(
-            {"name": "edgefleet-serve", "version": _server_version(), "extensions": ["binary_tensor_data", "model_repository"]}
+            {
+                "name": "edgefleet-serve",
+                "version": _server_version(),
+                "extensions": ["binary_tensor_data", "model_repository"],
+            }
         )
 
     async def model_metadata(self, request: Request) -> Response:
@@ -160,11 +166,16 @@ class ServeService:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLargeError(f"the body is {declared} bytes, more than {limit}")
         assert self.batcher is not None
+        if self.batcher.full:  # shed before reading and parsing the body: refusing must stay cheap
+            raise QueueFullError(f"the queue holds {self.config.batching.max_queue_size} requests, its limit")
         body = await request.body()
         if len(body) > limit:
             raise PayloadTooLargeError(f"the body is more than {limit} bytes")
         decoded = decode_request(
-            body, request.headers.get(HEADER_LENGTH), model, max_batch_size=self.config.batching.max_batch_size
+            body,
+            request.headers.get(HEADER_LENGTH),
+            model,
+            max_batch_size=self.config.batching.max_batch_size,
         )
         result = await self.batcher.infer(decoded.inputs, decoded.rows, decoded.timeout_s)
         payload, headers = encode_response(decoded, result.model, result.outputs)

@@ -81,6 +81,11 @@ class Batcher:
         """Requests waiting now."""
         return len(self._queue)
 
+    @property
+    def full(self) -> bool:
+        """True when one more request would be refused."""
+        return len(self._queue) >= self.config.max_queue_size
+
     def start(self) -> None:
         """Start the scheduler on the running loop."""
         if self._scheduler is None:
@@ -101,7 +106,9 @@ class Batcher:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def infer(self, inputs: dict[str, np.ndarray], rows: int, timeout_s: float | None = None) -> InferResult:
+    async def infer(
+        self, inputs: dict[str, np.ndarray], rows: int, timeout_s: float | None = None
+    ) -> InferResult:
         """Queue one request and wait for its outputs.
 
         Args:
@@ -114,13 +121,17 @@ class Batcher:
             RequestTimeoutError: The deadline passed.
             InferenceError: ONNX Runtime failed on the batch.
         """
-        if len(self._queue) >= self.config.max_queue_size:
+        if self.full:
             raise QueueFullError(f"the queue holds {len(self._queue)} requests, its limit")
         future: asyncio.Future[InferResult] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(inputs, rows, future))
         self._metrics.queued.set(len(self._queue))
         self._arrived.set()
-        limit = self.config.request_timeout_s if timeout_s is None else min(timeout_s, self.config.request_timeout_s)
+        limit = (
+            self.config.request_timeout_s
+            if timeout_s is None
+            else min(timeout_s, self.config.request_timeout_s)
+        )
         try:
             # wait_for cancels the future on timeout; the scheduler skips cancelled requests.
             return await asyncio.wait_for(future, limit)

@@ -21,8 +21,14 @@ from ota.serve.source import AgentStateSource, FileSource, ModelSource
 log = logging.getLogger(__name__)
 
 
-def _source(state_dir: Path | None, model: Path | None, model_uri: str | None, vectors: Path | None) -> ModelSource:
-    given = [flag for flag, value in (("--state-dir", state_dir), ("--model", model), ("--model-uri", model_uri)) if value]
+def _source(
+    state_dir: Path | None, model: Path | None, model_uri: str | None, vectors: Path | None
+) -> ModelSource:
+    given = [
+        flag
+        for flag, value in (("--state-dir", state_dir), ("--model", model), ("--model-uri", model_uri))
+        if value
+    ]
     if len(given) != 1:
         raise typer.BadParameter("give exactly one of --state-dir, --model or --model-uri")
     if state_dir is not None:
@@ -64,7 +70,8 @@ def _registry_source(uri: str, vectors: Path | None) -> ModelSource:
 
 def serve(
     state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", help="Serve what the edge agent committed in this state dir.")
+        Path | None,
+        typer.Option("--state-dir", help="Serve what the edge agent committed in this state dir."),
     ] = None,
     model: Annotated[Path | None, typer.Option("--model", help="Serve this ONNX file.")] = None,
     model_uri: Annotated[
@@ -76,7 +83,9 @@ def serve(
     name: Annotated[str, typer.Option("--name", help="The model's name in /v2/models/{name}.")] = "model",
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
-    batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Dynamic batching on or off.")] = True,
+    batching: Annotated[
+        bool, typer.Option("--batching/--no-batching", help="Dynamic batching on or off.")
+    ] = True,
     max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="Most rows per execution.")] = 16,
     max_queue_delay_us: Annotated[
         int, typer.Option("--max-queue-delay-us", help="Longest wait for a batch to fill.")

@@ -84,8 +84,12 @@ class ModelManager:
                 self._failed_key = candidate.key
                 self.last_error = f"version {candidate.version}: {exc}"
                 self._metrics.swaps.labels(self._metrics.model, "failure").inc()
-                log.error("model version %s not loaded, %s keeps serving: %s", candidate.version,
-                          "version " + current.version if current else "nothing", exc)
+                log.error(
+                    "model version %s not loaded, %s keeps serving: %s",
+                    candidate.version,
+                    "version " + current.version if current else "nothing",
+                    exc,
+                )
                 return False
             duration = time.perf_counter() - started
             self.current = model  # the atomic switch: the next execution takes this one
@@ -95,8 +99,13 @@ class ModelManager:
             self._metrics.swaps.labels(self._metrics.model, "success").inc()
             self._metrics.last_swap_duration.labels(self._metrics.model).set(duration)
             self._metrics.set_loaded(model.version, model.sha256)
-            log.info("serving %s version %s (sha256 %s…), loaded and warmed up in %.3f s",
-                     model.name, model.version, model.sha256[:12], duration)
+            log.info(
+                "serving %s version %s (sha256 %s…), loaded and warmed up in %.3f s",
+                model.name,
+                model.version,
+                model.sha256[:12],
+                duration,
+            )
             if current is not None:
                 task = asyncio.get_running_loop().create_task(self._retire(current))
                 self._retired.add(task)
@@ -106,7 +115,9 @@ class ModelManager:
     async def _retire(self, model: ServedModel) -> None:
         """Drop the old model once its running executions have finished."""
         if not await asyncio.to_thread(model.wait_idle, DRAIN_TIMEOUT_S):
-            log.warning("version %s still ran executions after %.0f s; releasing it", model.version, DRAIN_TIMEOUT_S)
+            log.warning(
+                "version %s still ran executions after %.0f s; releasing it", model.version, DRAIN_TIMEOUT_S
+            )
         del model  # the last reference the service held; ORT frees the session with it
 
     async def watch(self) -> None:

@@ -28,7 +28,10 @@ class ServeMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.request_success = Counter(
-            "edgefleet_serve_request_success", "Inference requests answered with outputs.", ["model"], registry=r
+            "edgefleet_serve_request_success",
+            "Inference requests answered with outputs.",
+            ["model"],
+            registry=r,
         )
         self.request_failure = Counter(
             "edgefleet_serve_request_failure",
@@ -43,20 +46,32 @@ class ServeMetrics:
             "edgefleet_serve_execution_count", "Model executions (formed batches).", ["model"], registry=r
         )
         self.batch_size = Histogram(
-            "edgefleet_serve_batch_size", "Rows per execution (the formed batch).", ["model"], buckets=_BATCH,
+            "edgefleet_serve_batch_size",
+            "Rows per execution (the formed batch).",
+            ["model"],
+            buckets=_BATCH,
             registry=r,
         )
         self.queue_duration = Histogram(
-            "edgefleet_serve_queue_duration_seconds", "Time a request waited in the queue.", ["model"],
-            buckets=_SECONDS, registry=r,
+            "edgefleet_serve_queue_duration_seconds",
+            "Time a request waited in the queue.",
+            ["model"],
+            buckets=_SECONDS,
+            registry=r,
         )
         self.compute_duration = Histogram(
-            "edgefleet_serve_compute_duration_seconds", "Time of one execution in ONNX Runtime.", ["model"],
-            buckets=_SECONDS, registry=r,
+            "edgefleet_serve_compute_duration_seconds",
+            "Time of one execution in ONNX Runtime.",
+            ["model"],
+            buckets=_SECONDS,
+            registry=r,
         )
         self.request_duration = Histogram(
-            "edgefleet_serve_request_duration_seconds", "Time from a request's arrival to its answer.",
-            ["model"], buckets=_SECONDS, registry=r,
+            "edgefleet_serve_request_duration_seconds",
+            "Time from a request's arrival to its answer.",
+            ["model"],
+            buckets=_SECONDS,
+            registry=r,
         )
         self.queue_size = Gauge("edgefleet_serve_queue_size", "Requests waiting now.", ["model"], registry=r)
         self.loaded = Gauge(
@@ -67,7 +82,10 @@ class ServeMetrics:
         )
         self.ready = Gauge("edgefleet_serve_ready", "1 when a warmed-up model serves.", ["model"], registry=r)
         self.swaps = Counter(
-            "edgefleet_serve_swap", "Model loads by outcome (success, failure).", ["model", "outcome"], registry=r
+            "edgefleet_serve_swap",
+            "Model loads by outcome (success, failure).",
+            ["model", "outcome"],
+            registry=r,
         )
         self.last_swap_duration = Gauge(
             "edgefleet_serve_last_swap_duration_seconds",

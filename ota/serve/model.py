@@ -146,7 +146,9 @@ def _spec(arg: Any) -> TensorSpec:
     try:
         datatype, dtype = ORT_TO_V2[arg.type]
     except KeyError:
-        raise ModelLoadError("load", f"tensor {arg.name!r} has type {arg.type}, which is not served") from None
+        raise ModelLoadError(
+            "load", f"tensor {arg.name!r} has type {arg.type}, which is not served"
+        ) from None
     shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in (arg.shape or []))
     return TensorSpec(name=arg.name, datatype=datatype, dtype=dtype, shape=shape)
 
@@ -256,7 +258,9 @@ def _self_test(model: ServedModel, path: Path, max_bytes: int) -> None:
         agree += int(produced.size > 0 and int(np.argmax(produced)) == int(top1))
     agreement = agree / len(vectors.inputs)
     if not worst <= vectors.tolerance:
-        raise ModelLoadError("selftest", f"max |logit error| {worst:.3g} exceeds tolerance {vectors.tolerance:.3g}")
+        raise ModelLoadError(
+            "selftest", f"max |logit error| {worst:.3g} exceeds tolerance {vectors.tolerance:.3g}"
+        )
     if agreement < vectors.min_top1_agreement:
         raise ModelLoadError(
             "selftest", f"top-1 agreement {agreement:.2f} is below {vectors.min_top1_agreement:.2f}"

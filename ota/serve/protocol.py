@@ -68,7 +68,9 @@ def decode_request(
         except ValueError:
             raise ProtocolError("Inference-Header-Content-Length must be an integer") from None
         if not 0 < split <= len(body):
-            raise ProtocolError(f"Inference-Header-Content-Length {split} does not fit a body of {len(body)} bytes")
+            raise ProtocolError(
+                f"Inference-Header-Content-Length {split} does not fit a body of {len(body)} bytes"
+            )
         header, binary = body[:split], memoryview(body)[split:]
     else:
         header, binary = body, memoryview(b"")
@@ -114,12 +116,20 @@ def _decode_tensor(
     tensor: dict[str, Any], spec: TensorSpec, binary: memoryview, offset: int
 ) -> tuple[np.ndarray, int]:
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
         raise ProtocolError(f"input {spec.name!r}: 'shape' must be a list of non-negative integers")
     if tensor.get("datatype") != spec.datatype:
-        raise ProtocolError(f"input {spec.name!r}: datatype {tensor.get('datatype')!r}, the model takes {spec.datatype}")
-    if len(shape) != len(spec.shape) or any(want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)):
-        raise ProtocolError(f"input {spec.name!r}: shape {shape}, the model takes {list(spec.shape)} (-1: any)")
+        raise ProtocolError(
+            f"input {spec.name!r}: datatype {tensor.get('datatype')!r}, the model takes {spec.datatype}"
+        )
+    if len(shape) != len(spec.shape) or any(
+        want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)
+    ):
+        raise ProtocolError(
+            f"input {spec.name!r}: shape {shape}, the model takes {list(spec.shape)} (-1: any)"
+        )
     count = math.prod(shape)
     size = _object(tensor.get("parameters") or {}, f"input {spec.name!r} parameters").get("binary_data_size")
     if size is not None:
@@ -130,7 +140,9 @@ def _decode_tensor(
                 f"input {spec.name!r}: {size} bytes of binary data, shape {shape} of {spec.datatype} needs "
                 f"{count * spec.dtype.itemsize}"
             )
-        array = np.frombuffer(binary[offset : offset + size], dtype=spec.dtype.newbyteorder("<")).reshape(shape)
+        array = np.frombuffer(binary[offset : offset + size], dtype=spec.dtype.newbyteorder("<")).reshape(
+            shape
+        )
         return array.astype(spec.dtype, copy=False), offset + size
     if "data" not in tensor:
         raise ProtocolError(f"input {spec.name!r} has neither 'data' nor binary_data_size")

@@ -16,7 +16,6 @@ service ``SIGHUP``; both only trigger the same look, so a missed notification co
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -42,7 +41,7 @@ class ModelSource(Protocol):
 
 def _stamp(path: Path) -> str | None:
     try:
-        info = os.stat(path)
+        info = path.stat()
     except FileNotFoundError:
         return None
     return f"{info.st_ino}:{info.st_mtime_ns}:{info.st_size}"
@@ -59,7 +58,12 @@ class FileSource:
     """
 
     def __init__(
-        self, path: Path, *, version: str = "1", vectors: Path | None = None, parameters: dict[str, str] | None = None
+        self,
+        path: Path,
+        *,
+        version: str = "1",
+        vectors: Path | None = None,
+        parameters: dict[str, str] | None = None,
     ) -> None:
         self.path = path
         self.version = version

@@ -30,12 +30,12 @@ def versioned(version: int, n_in: int = 8, n_out: int = 4) -> bytes:
 
 
 def slow(layers: int, width: int = 512) -> bytes:
-    """A chain of ``layers`` width×width MatMuls: its cost grows with the batch and with ``layers``."""
+    """A chain of ``layers`` MatMuls by one shared width×width matrix: cost grows with batch and layers."""
     rng = np.random.default_rng(0)
-    nodes, inits, previous = [], [], "x"
+    weights = numpy_helper.from_array((rng.normal(size=(width, width)) / width**0.5).astype(np.float32), "W")
+    nodes, previous = [], "x"
     for i in range(layers):
-        inits.append(numpy_helper.from_array((rng.normal(size=(width, width)) / width).astype(np.float32), f"W{i}"))
-        nodes.append(helper.make_node("MatMul", [previous, f"W{i}"], [f"h{i}"]))
+        nodes.append(helper.make_node("MatMul", [previous, "W"], [f"h{i}"]))
         previous = f"h{i}"
     nodes.append(helper.make_node("Identity", [previous], ["y"]))
     graph = helper.make_graph(
@@ -43,7 +43,7 @@ def slow(layers: int, width: int = 512) -> bytes:
         "slow",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
-        initializer=inits,
+        initializer=[weights],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -63,7 +63,11 @@ def write_vectors(path: Path, x: np.ndarray, logits: np.ndarray, tolerance: floa
 
 
 def commit(
-    state_dir: Path, slot: str, model: bytes, version: str, vectors: tuple[np.ndarray, np.ndarray] | None = None
+    state_dir: Path,
+    slot: str,
+    model: bytes,
+    version: str,
+    vectors: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> str:
     """Do what the agent does on commit: write the slot's files, then switch ``state.json`` atomically."""
     slots = SlotStore(state_dir)
@@ -80,7 +84,9 @@ def commit(
             phase=Phase.COMMITTED,
             active_slot=slot,  # type: ignore[arg-type]
             committed_slot=slot,  # type: ignore[arg-type]
-            committed=InstalledModel(sha256=sha, length=len(model), version=version, target_name=f"m-{version}.onnx"),
+            committed=InstalledModel(
+                sha256=sha, length=len(model), version=version, target_name=f"m-{version}.onnx"
+            ),
         )
     )
     slots.point_current(slot)  # type: ignore[arg-type]
