@@ -93,6 +93,7 @@ class ServeService:
         """Start the batcher and the watcher (the first load happens in the background: live before ready)."""
         self.batcher = Batcher(self.config.batching, lambda: self.manager.current, self.metrics)
         self.batcher.start()
+        self.manager.first_load_executor = self.batcher.executor
         watcher = asyncio.get_running_loop().create_task(self.manager.watch(), name="serve-watcher")
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread

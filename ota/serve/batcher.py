@@ -82,6 +82,11 @@ class Batcher:
         return len(self._queue)
 
     @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The worker threads executions run on."""
+        return self._executor
+
+    @property
     def full(self) -> bool:
         """True when one more request would be refused."""
         return len(self._queue) >= self.config.max_queue_size

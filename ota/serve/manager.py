@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 from ota.serve.errors import ModelLoadError
 from ota.serve.metrics import ServeMetrics
@@ -56,6 +57,9 @@ class ModelManager:
         self._lock = asyncio.Lock()
         self._poke = asyncio.Event()
         self._retired: set[asyncio.Task[None]] = set()
+        #: Where the first model is loaded: the batcher's worker thread, so that ORT's per-thread scratch
+        #: buffers (MLAS) are warm on the thread that will serve; later swaps load on a side thread.
+        self.first_load_executor: Executor | None = None
 
     @property
     def ready(self) -> bool:
@@ -79,7 +83,11 @@ class ModelManager:
                 return False
             started = time.perf_counter()
             try:
-                model = await asyncio.to_thread(self._load, candidate)
+                if current is None and self.first_load_executor is not None:
+                    loop = asyncio.get_running_loop()
+                    model = await loop.run_in_executor(self.first_load_executor, self._load, candidate)
+                else:
+                    model = await asyncio.to_thread(self._load, candidate)
             except ModelLoadError as exc:
                 self._failed_key = candidate.key
                 self.last_error = f"version {candidate.version}: {exc}"
