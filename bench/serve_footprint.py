@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from ota.serve.testing import run_service  # noqa: E402
 
 # What `serve` needs beyond `edge` (onnxruntime, httpx, psutil, numpy and the base install are there).
-ADDED = ("starlette", "uvicorn", "httptools", "prometheus-client", "click")
+ADDED = ("starlette", "uvicorn", "httptools", "prometheus-client", "orjson", "click")
 
 CHILD = """
 import sys

@@ -119,6 +119,11 @@ class LoadClient:
         lines += [f"{key}: {value}" for key, value in (headers or {}).items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
+    async def connect(self) -> None:
+        """Open one connection ahead of the first request (as a client that polled readiness has one)."""
+        self._idle.append(await asyncio.open_connection(self.host, self.port))
+        self._all.append(self._idle[-1][1])
+
     async def send(self, request: bytes) -> Answer:
         """Send a request built by :meth:`encode` and read its answer."""
         if self._idle:

@@ -72,7 +72,9 @@ def test_binary_outputs_follow_the_request(model):
     )
     payload, headers = encode_response(as_json, model, out)
     assert headers == {"content-type": "application/json"}
-    assert json.loads(payload)["outputs"][0]["data"] == out[0].ravel().tolist()
+    np.testing.assert_array_equal(
+        np.asarray(json.loads(payload)["outputs"][0]["data"], np.float32), out[0].ravel()
+    )
 
 
 @pytest.mark.parametrize(
