@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -105,3 +106,16 @@ def test_commits_swap_under_load_with_no_failed_request_and_the_broken_version_n
     inferences = float(metrics.split('edgefleet_serve_inference_count_total{model="model"} ')[1].split()[0])
     executions = float(metrics.split('edgefleet_serve_execution_count_total{model="model"} ')[1].split()[0])
     assert inferences > executions
+
+
+def test_sighup_makes_the_service_look_for_a_commit_at_once(tmp_path):
+    commit(tmp_path, "a", versioned(1), "1")
+    with run_service(
+        ["--state-dir", str(tmp_path), "--watch-interval", "600"], log=tmp_path / "serve.log"
+    ) as service:
+        commit(tmp_path, "b", versioned(2), "2")
+        time.sleep(0.3)
+        with httpx.Client(base_url=service.url, timeout=10) as http:
+            assert http.get("/v2/models/model").json()["versions"] == ["1"]  # the next look is 10 min away
+            service.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: http.get("/v2/models/model").json()["versions"] == ["2"], timeout_s=10)
