@@ -369,7 +369,7 @@ def main() -> None:
         compute1, server1 = off1.compute_ms or 0.0, off1.server_ms or 0.0
         console.print(
             f"  per-request overhead at concurrency 1, batching off (means, same run): client "
-            f"{off1.mean_ms:.2f} ms = ORT {compute1:.2f} + in the server outside ORT {server1 - compute1:.2f} "
+            f"{off1.mean_ms:.2f} ms = ORT {compute1:.2f} + server outside ORT {server1 - compute1:.2f} "
             f"(decode, queue, encode) + HTTP, uvicorn and client {off1.mean_ms - server1:.2f}; "
             f"ORT direct batch 1: {1e3 / ceil1:.2f} ms"
         )
