@@ -299,6 +299,8 @@ def main() -> None:
                 if batching:
                     json16 = results[(label, 16)]
                     bin16 = measure(service.port, service.url, request(bench, binary=True), 16, seconds)
+                    formed_b = max(1, round(bin16.batch or 1))
+                    ceil_b = ceiling(bench, formed_b, 2.0)
                 idle_rss = service.rss_mib()
         with peer(bench) as port:
             for c in CONCURRENCY:
@@ -380,8 +382,6 @@ def main() -> None:
             f"(goal ≥ 80 %), ×{on16.qps / peer16.qps:.2f} the peer (goal ≥ 1.2), P99 {on16.p99_ms:.1f} ms vs "
             f"delay + 2 batches {bound:.1f} ms ({'met' if on16.p99_ms <= bound else 'missed'})"
         )
-        formed_b = max(1, round(bin16.batch or 1))
-        ceil_b = ceil_fb if formed_b == formed else ceiling(bench, formed_b, 2.0)
         bound_b = DELAY_US / 1e3 + 2 * (bin16.compute_ms or 0)
         summary.append(
             f"{bench.name} @16, batching on, binary: {bin16.qps / ceil_b:.0%} of the ceiling at batch "
