@@ -15,7 +15,6 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -34,7 +33,7 @@ from ota.serve.errors import (
 )
 from ota.serve.manager import ModelManager
 from ota.serve.metrics import CONTENT_TYPE, ServeMetrics
-from ota.serve.model import ServedModel, load_model
+from ota.serve.model import ModelCandidate, ServedModel, load_model
 from ota.serve.protocol import HEADER_LENGTH, decode_request, encode_response
 from ota.serve.source import ModelSource
 
@@ -78,7 +77,7 @@ class ServeService:
         )
         self.batcher: Batcher | None = None
 
-    def _load(self, candidate: Any) -> ServedModel:
+    def _load(self, candidate: ModelCandidate) -> ServedModel:
         return load_model(
             candidate,
             name=self.config.model_name,

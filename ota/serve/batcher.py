@@ -161,8 +161,11 @@ class Batcher:
 
     async def _form(self) -> list[_Pending]:
         """Wait until a batch is due and take it from the queue."""
-        target = self.config.target_batch_size
         while True:
+            model = self._current()
+            # A model without a free batch dimension runs one request per execution.
+            batchable = model is None or model.batchable
+            target = self.config.target_batch_size if batchable else 1
             self._drop_done()
             if not self._queue:
                 self._arrived.clear()
@@ -177,7 +180,7 @@ class Batcher:
                     return self._take(target)
             remaining = self._queue[0].enqueued + self._delay_s - time.perf_counter()
             if remaining <= 0:
-                return self._take(self._size_after_delay(rows))
+                return self._take(self._size_after_delay(rows) if batchable else 1)
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)

@@ -51,6 +51,19 @@ def slow(layers: int, width: int = 512) -> bytes:
     return model.SerializeToString()
 
 
+def fixed_batch_of_one() -> bytes:
+    """``y = 2x`` for x of shape exactly (1, 8): a model without a free batch dimension."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 def write_vectors(path: Path, x: np.ndarray, logits: np.ndarray, tolerance: float = 1e-4) -> None:
     """Self-test vectors saying that ``x`` must give ``logits``."""
     save_vectors(

@@ -15,7 +15,7 @@ from ota.serve.config import BatchingConfig
 from ota.serve.errors import InferenceError, QueueFullError, RequestTimeoutError, ServeError
 from ota.serve.metrics import ServeMetrics
 from ota.serve.model import ModelCandidate, ServedModel, load_model
-from tests.unit.serve.models import linear, versioned
+from tests.unit.serve.models import fixed_batch_of_one, linear, versioned
 
 
 def served(tmp_path: Path, data: bytes, version: str = "1") -> ServedModel:
@@ -173,6 +173,19 @@ def test_an_execution_failure_fails_its_batch_only(tmp_path):
         return await batcher.infer({"x": np.ones((1, 8), np.float32)}, 1)
 
     assert run_with(config, model, body).outputs[0].shape == (1, 4)
+
+
+def test_a_model_without_a_batch_dimension_runs_one_request_per_execution(tmp_path):
+    path = tmp_path / "fixed.onnx"
+    path.write_bytes(fixed_batch_of_one())
+    model = load_model(ModelCandidate(key="f", path=path, version="1"), name="m", batch_sizes=(1, 8))
+    assert not model.batchable
+    xs = [np.full((1, 8), i, np.float32) for i in range(5)]
+    results = run_with(
+        BatchingConfig(max_batch_size=8, max_queue_delay_us=50_000), model, lambda b: gather(b, xs)
+    )
+    assert [r.batch_rows for r in results] == [1] * 5
+    assert [float(r.outputs[0][0, 0]) for r in results] == [0.0, 2.0, 4.0, 6.0, 8.0]
 
 
 @pytest.mark.parametrize(
