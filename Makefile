@@ -27,7 +27,7 @@ export AUTO_OPEN_DASHBOARD := false
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -U pip setuptools wheel
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[pipeline,server,edge,dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[pipeline,server,edge,serve,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP) activate-hook
@@ -92,6 +92,8 @@ bench: setup bench-tools
 	$(BIN)/python bench/poll_bench.py
 	$(BIN)/python bench/fleet_bench.py --devices 200 --postgres
 	$(BIN)/python bench/agent_footprint.py
+	$(BIN)/python bench/serve_bench.py
+	$(BIN)/python bench/serve_footprint.py
 
 clean:
 	rm -rf $(STATE) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

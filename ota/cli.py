@@ -40,6 +40,10 @@ GROUPS: dict[str, tuple[str, str]] = {
     "rollout": ("ota.client.cli:rollout_app", "Start, watch, pause, resume and abort rollouts (API)."),
     "agent": ("ota.edge.cli:agent_app", "Run the edge agent on this device."),
     "fleet": ("ota.edge.cli:fleet_app", "Simulate a fleet of agents against a server."),
+    "serve": (
+        "ota.serve.cli:serve",
+        "Serve the committed model over the Open Inference Protocol (batching, hot swap).",
+    ),
 }
 
 
