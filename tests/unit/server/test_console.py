@@ -84,7 +84,9 @@ def test_pages_send_a_strict_csp_and_the_session_cookie_is_httponly_strict(
     assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
     assert "<script>" not in form.text and " style=" not in form.text  # nothing inline for the CSP to block
     login_cookie = cookie_header(form, "ef_console_login").lower()
-    assert "httponly" in login_cookie and "samesite=strict" in login_cookie and "path=/console" in login_cookie
+    assert (
+        "httponly" in login_cookie and "samesite=strict" in login_cookie and "path=/console" in login_cookie
+    )
     answer = client.post(
         "/console/login",
         data={"csrf": csrf_of(form.text), "token": make_token(ctx, "read")},
@@ -224,7 +226,12 @@ def test_rollout_actions_need_a_reason_and_land_in_the_audit_log(
     with ctx.sessions() as session:
         entries = list(session.scalars(select(AuditEntry).where(AuditEntry.subject == rollout_id)))
     token_id = token.split("_")[1]
-    assert [e.action for e in entries] == ["rollout.create", "rollout.pause", "rollout.resume", "rollout.abort"]
+    assert [e.action for e in entries] == [
+        "rollout.create",
+        "rollout.pause",
+        "rollout.resume",
+        "rollout.abort",
+    ]
     assert all(e.actor == f"token:{token_id}" for e in entries)
     assert entries[-1].details["reason"] == f"manual abort by token:{token_id}: abort for the test"
     assert "abort for the test" in client.get(url).text  # the timeline shows it
@@ -305,7 +312,9 @@ def test_devices_page_filters_searches_and_pages_by_id(
         expected = [f"bulk-{i:05d}" for i in range(130) if i % 3 == 0 and i % 2 and i % 5]
         assert [r.id for r in lab_arm.rows] == expected and lab_arm.total == len(expected)
         installed = device_page(session, DeviceFilter(release=release["id"]))
-        assert installed.total == len(range(0, 130, 4)) and all(r.installed == "digits 1" for r in installed.rows)
+        assert installed.total == len(range(0, 130, 4)) and all(
+            r.installed == "digits 1" for r in installed.rows
+        )
         assert device_page(session, DeviceFilter(release="none")).total == 130 - len(range(0, 130, 4))
         assert device_page(session, DeviceFilter(release="no-such-release")).total == 0
         stale = device_page(session, DeviceFilter(seen="stale"))
