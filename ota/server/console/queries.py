@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, text
 from sqlalchemy.orm import Session
 
 from ota.core.manifest import FAILURE_STATUSES, ReportStatus
@@ -227,20 +227,32 @@ class FilterChoices:
     releases: list[tuple[str, str]]  # (id, label)
 
 
-def filter_choices(session: Session) -> FilterChoices:
-    """Distinct profiles and groups (index scans) and every release."""
-    profiles = session.scalars(select(Device.hardware_profile).distinct().order_by(Device.hardware_profile))
-    groups = session.scalars(
-        select(Device.group).where(Device.group.is_not(None)).distinct().order_by(Device.group)
+def distinct_values(session: Session, column: str, *, limit: int = 200) -> list[str]:
+    """The distinct non-null values of an indexed ``devices`` column, by a loose index scan: one index
+    probe per value (``SELECT DISTINCT`` reads all 100,000 index entries instead). SQLite and PostgreSQL."""
+    if column not in {"hardware_profile", "group"}:
+        raise ValueError(f"not an indexed filter column: {column}")
+    quoted = f'"{column}"'
+    query = text(
+        f"WITH RECURSIVE v(value) AS ("  # noqa: S608 (the column is one of two fixed names)
+        f" SELECT MIN({quoted}) FROM devices"
+        f" UNION ALL SELECT (SELECT MIN({quoted}) FROM devices WHERE {quoted} > v.value)"
+        f" FROM v WHERE v.value IS NOT NULL"
+        f") SELECT value FROM v WHERE value IS NOT NULL LIMIT :limit"
     )
+    return [str(value) for value in session.scalars(query, {"limit": limit})]
+
+
+def filter_choices(session: Session) -> FilterChoices:
+    """Distinct profiles and groups (loose index scans) and every release."""
     releases = session.execute(
         select(Release.id, Release.model, Release.version, Release.profile).order_by(
             Release.created_at.desc()
         )
     )
     return FilterChoices(
-        profiles=list(profiles),
-        groups=[g for g in groups if g],
+        profiles=distinct_values(session, "hardware_profile"),
+        groups=distinct_values(session, "group"),
         releases=[(r.id, f"{r.model} {r.version} ({r.profile})") for r in releases],
     )
 

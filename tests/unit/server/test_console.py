@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import insert, select
 
 from ota.server.app import create_app
-from ota.server.console.queries import DeviceFilter, device_page, trace_of
+from ota.server.console.queries import DeviceFilter, device_page, distinct_values, filter_choices, trace_of
 from ota.server.context import ServerContext
 from ota.server.db import transaction
 from ota.server.models import AuditEntry, ConsoleSession, Device, Release, Rollout
@@ -323,6 +323,11 @@ def test_devices_page_filters_searches_and_pages_by_id(
         search = device_page(session, DeviceFilter(q="bulk-0012"))
         assert [r.id for r in search.rows] == [f"bulk-{i:05d}" for i in range(120, 130)]
         assert device_page(session, DeviceFilter(q="bulk_%")).total == 0  # wildcards are literal
+        choices = filter_choices(session)
+        assert (choices.profiles, choices.groups) == (["arm64", "cpu-generic"], ["lab"])
+        assert choices.releases == [(release["id"], "digits 1 (cpu-generic)")]
+        with pytest.raises(ValueError, match="not an indexed filter column"):
+            distinct_values(session, "id; DROP TABLE devices")
     sign_in(client, make_token(ctx, "read"))
     first = client.get("/console/devices", params={"group": "lab"})
     assert "65 match" in first.text and 'id="next-page"' in first.text
