@@ -271,7 +271,7 @@ def test_audit_log_filters_by_actor_action_and_time(
 
 def _bulk_devices(ctx: ServerContext, count: int, sha256: str | None = None) -> None:
     now = datetime.now(UTC)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": f"bulk-{i:05d}",
             "public_key": {},
