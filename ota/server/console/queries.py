@@ -568,7 +568,7 @@ def expiries(
 
 
 def chart_bars(
-    items: Sequence[tuple[str, int]], *, width: int = 320, limit: int = 12
+    items: Sequence[tuple[str, int]], *, width: int = 190, limit: int = 12
 ) -> list[dict[str, Any]]:
     """Lay out a horizontal bar chart (rendered as inline SVG by the template): label, count, bar width,
     y position. The longest bar fills ``width``; more than ``limit`` items fold into "other"."""

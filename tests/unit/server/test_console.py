@@ -352,3 +352,46 @@ def test_trace_reads_the_release_provenance(
     release = Release(source_uri=source_uri, mlflow_run_id=run_id, data_fingerprint=fingerprint)
     trace = trace_of(release)
     assert (trace.registered_model, trace.model_version, trace.run_id, trace.data_fingerprint) == expected
+
+
+def test_bad_input_gets_a_clear_answer_never_a_server_error(
+    client: TestClient, ctx: ServerContext, admin: dict[str, str]
+) -> None:
+    release = publish(client, admin)
+    rollout_id = start_rollout(client, admin, release["id"])
+    csrf = sign_in(client, make_token(ctx, "admin"))
+    url = f"/console/rollouts/{rollout_id}/pause"
+    bad_utf8 = client.post(
+        url,
+        content=b"csrf=" + csrf.encode() + b"&reason=\xff\xfe",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert bad_utf8.status_code == 422 and "malformed form" in bad_utf8.text
+    huge = client.post(url, data={"csrf": csrf, "reason": "x" * 20_000})
+    assert huge.status_code == 422 and "too large" in huge.text
+    too_long = client.post(url, data={"csrf": csrf, "reason": "y" * 600})
+    assert too_long.status_code == 422 and "500 characters" in too_long.text
+    for form in (
+        {"release_id": release["id"], "phases": "ten, twenty"},
+        {"release_id": release["id"], "phases": "50, 10"},
+        {"release_id": release["id"], "failure_threshold": "2"},
+        {"release_id": release["id"], "group": "not a label!"},
+        {"release_id": "nope"},
+    ):
+        answer = client.post("/console/rollouts", data={"csrf": csrf} | form)
+        assert answer.status_code in (404, 409, 422), (form, answer.status_code)
+        assert "<h1>" in answer.text and "internal" not in answer.text
+    assert (
+        client.post("/console/rollouts", data={"csrf": csrf, "release_id": release["id"]}).status_code == 409
+    )
+    for path in (
+        "/console/devices?after=%F0%9F%92%A9&q=%27%22%3C",
+        "/console/devices?release=x&seen=nonsense&state=weird",
+        "/console/audit?actor=%25&action=_",
+        "/console/devices/%3Cscript%3E",
+    ):
+        answer = client.get(path)
+        assert answer.status_code in (200, 404), (path, answer.status_code)
+        assert "<script>" not in answer.text.replace('<script src="/console/static/console.js"', "")
+    assert client.get("/console/audit?until=31.12.2026").status_code == 422
+    assert client.get("/console/devices?q=" + "a" * 65).status_code == 422
