@@ -32,6 +32,7 @@ from ota.server.models import (
     TufMetadata,
 )
 from ota.server.rollouts import counters
+from ota.server.routes.operators import installed_release, report_message
 
 PAGE_SIZE = 50
 #: Last-seen filters of the devices page: name → (label, newer than, older than).
@@ -322,14 +323,6 @@ class DeviceDetail:
     rollouts: list[tuple[str, str, int, datetime]]  # (rollout id, status, phase, updated)
 
 
-def _message(body: dict[str, Any] | None) -> str | None:
-    details = (body or {}).get("details") or {}
-    for key in ("error", "reason", "message"):
-        if isinstance(details.get(key), str):
-            return str(details[key])[:300]
-    return None
-
-
 def _report_rows(rows: Iterable[StatusReportRow], names: dict[str, str]) -> list[ReportRow]:
     return [
         ReportRow(
@@ -339,7 +332,7 @@ def _report_rows(rows: Iterable[StatusReportRow], names: dict[str, str]) -> list
             release=names.get(r.release_id or "", r.release_id),
             rollout_id=r.rollout_id,
             attack=bool((r.body or {}).get("attack")),
-            message=_message(r.body),
+            message=report_message(r.body),
             target_sha256=(r.body or {}).get("target_sha256"),
         )
         for r in rows
@@ -351,14 +344,7 @@ def device_detail(session: Session, device_id: str, *, reports: int = 30) -> Dev
     device = session.get(Device, device_id)
     if device is None:
         return None
-    installed = None
-    if device.current_sha256:
-        installed = session.scalars(
-            select(Release)
-            .where(Release.sha256 == device.current_sha256)
-            .order_by(Release.created_at.desc())
-            .limit(1)
-        ).first()
+    installed = installed_release(session, device.current_sha256)
     names = {
         r.id: f"{r.model} {r.version}"
         for r in session.execute(select(Release.id, Release.model, Release.version))

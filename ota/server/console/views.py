@@ -54,7 +54,8 @@ from ota.server.errors import (
 )
 from ota.server.models import AuditEntry, Rollout
 from ota.server.rollout_machine import TRANSITIONS, RolloutEvent, RolloutState
-from ota.server.rollouts import control_rollout, create_rollout
+from ota.server.rollouts import control_rollout
+from ota.server.routes.operators import rollout_from_request
 from ota.server.schemas import RolloutCreate
 from ota.server.status_cli import rollout_report
 
@@ -565,7 +566,7 @@ def _number_list(text: str) -> list[float]:
 @router.post("/rollouts")
 async def start_rollout(request: Request) -> Response:
     """Start a rollout of a release (rollout scope): the API's request model validates the form, and the
-    API's ``create_rollout`` runs with the same defaults."""
+    API's ``rollout_from_request`` starts it with the same defaults."""
 
     def work(ctx: ServerContext, operator: Operator, form: dict[str, str]) -> Response:
         raw: dict[str, Any] = {
@@ -584,20 +585,7 @@ async def start_rollout(request: Request) -> Response:
             details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
             raise InvalidRequestError(details) from exc
         with ctx.transaction() as session:
-            rollout = create_rollout(
-                session,
-                release_id=body.release_id,
-                group=body.group,
-                tags=tuple(body.tags),
-                phases=[ctx.settings.phase(**p.model_dump()) for p in body.phases]
-                if body.phases
-                else ctx.settings.default_phases(),
-                failure_threshold=body.failure_threshold,
-                min_reports_for_abort=body.min_reports_for_abort,
-                abort_action=body.abort_action,
-                progress_timeout=body.progress_timeout,
-                actor=operator.actor,
-            )
+            rollout = rollout_from_request(session, ctx.settings, body, actor=operator.actor)
             rollout_id = rollout.id
         return RedirectResponse(f"/console/rollouts/{rollout_id}", status_code=303)
 
