@@ -43,8 +43,12 @@ SEEN_WINDOWS: dict[str, tuple[str, timedelta | None, timedelta | None]] = {
     "stale": ("not for 7 days", None, timedelta(days=7)),
 }
 FAILED_STATUSES = frozenset(s.value for s in FAILURE_STATUSES)
-#: Statuses that change what a slot holds: the device's install history.
-INSTALL_STATUSES = (ReportStatus.COMMITTED.value, ReportStatus.ROLLED_BACK.value)
+#: Statuses that change what a slot holds (written to the spare slot, switched to, switched back).
+INSTALL_STATUSES = (
+    ReportStatus.INSTALLED.value,
+    ReportStatus.COMMITTED.value,
+    ReportStatus.ROLLED_BACK.value,
+)
 
 
 def aware(moment: datetime) -> datetime:
