@@ -22,7 +22,7 @@ export ZENML_LOGGING_COLORS_DISABLED := true
 export EDGEFLEET_HOME := $(STATE)
 export AUTO_OPEN_DASHBOARD := false
 
-.PHONY: setup activate-hook run train test lint typecheck contracts unit integration e2e bench bench-tools clean
+.PHONY: setup activate-hook chromium run train test lint typecheck contracts unit integration e2e bench bench-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[pipeline,server,edge,serve,dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) activate-hook
+setup: $(STAMP) activate-hook chromium
 	$(BIN)/edgefleet stack init
+
+# The web console's browser tests drive Debian's Chromium through Playwright (never `playwright install`).
+# Installed with apt-get once, only when no chromium is on PATH; without apt-get (or rights) the tests say
+# why they skip.
+chromium:
+	if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then exit 0; fi
+	if ! command -v apt-get >/dev/null; then echo "no chromium and no apt-get: console browser tests will skip" >&2; exit 0; fi
+	SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo )
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium \
+	  || echo "apt-get could not install chromium: console browser tests will skip" >&2
 
 # `source .venv/bin/activate` then exports what the Makefile exports, so the README's commands typed in a
 # fresh shell (`zenml pipeline run ...`) use this project's ZenML store, never the home folder's. A variable

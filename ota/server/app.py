@@ -37,6 +37,7 @@ from ota.core.errors import (
 from ota.server.auth import Scope as OperatorScope
 from ota.server.auth import authenticate_operator
 from ota.server.blobstore import LocalBlobStore
+from ota.server.console import mount_console
 from ota.server.context import ServerContext, build_context
 from ota.server.db import read_counter, transaction
 from ota.server.deps import bearer
@@ -354,6 +355,7 @@ def create_app(settings: ServerSettings | None = None, *, ctx: ServerContext | N
     app.include_router(tuf.router)
     app.include_router(devices.router)
     app.include_router(operators.router)
+    mount_console(app)
     _add_health(app, context)
     # Added last = outermost: security headers wrap every answer (the hot path's too), then NUL-free URLs,
     # then the hot path runs before everything else, then the body limit.

@@ -148,9 +148,10 @@ class Device(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     provisioning_token_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     last_report_counter: Mapped[int] = mapped_column(BigInteger, default=0)
-    current_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Indexed since migration 0004: the console filters and groups the fleet by both.
+    current_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class Rollout(Base):
@@ -212,3 +213,18 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(256))
     details: Mapped[dict[str, Any]]
+
+
+class ConsoleSession(Base):
+    """A signed-in web console session (migration 0004); only the sha256 of the cookie value is stored.
+
+    The session names the operator token it was opened with: every request re-reads that token, so a
+    revoked token or a narrowed scope ends or narrows its sessions at once.
+    """
+
+    __tablename__ = "console_sessions"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str] = mapped_column(String(32), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

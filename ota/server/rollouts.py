@@ -221,7 +221,9 @@ def _apply(
     )
 
 
-def control_rollout(session: Session, rollout_id: str, event: RolloutEvent, *, actor: str) -> Rollout:
+def control_rollout(
+    session: Session, rollout_id: str, event: RolloutEvent, *, actor: str, reason: str | None = None
+) -> Rollout:
     """Apply a manual event (pause, resume, abort, rollback, advance).
 
     Args:
@@ -229,6 +231,7 @@ def control_rollout(session: Session, rollout_id: str, event: RolloutEvent, *, a
         rollout_id: The rollout.
         event: The event.
         actor: Who does it.
+        reason: Why (the console asks for one); kept on the rollout and in the audit entry.
 
     Returns:
         The updated rollout.
@@ -238,7 +241,8 @@ def control_rollout(session: Session, rollout_id: str, event: RolloutEvent, *, a
         RolloutStateError: Not allowed in the current state.
     """
     rollout = _locked(session, rollout_id)
-    _apply(session, rollout, event, actor, f"manual {event.value} by {actor}", datetime.now(UTC))
+    why = f"manual {event.value} by {actor}" + (f": {reason}" if reason else "")
+    _apply(session, rollout, event, actor, why, datetime.now(UTC))
     return rollout
 
 

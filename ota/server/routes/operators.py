@@ -67,6 +67,7 @@ from ota.server.schemas import (
     TokenCreated,
     TokenInfo,
 )
+from ota.server.settings import ServerSettings
 from ota.server.status_cli import rollout_report
 
 router = APIRouter(prefix="/v1", tags=["operators"], responses=ERRORS)
@@ -297,21 +298,35 @@ def start_rollout(body: RolloutCreate, operator: RolloutOperator, ctx: ContextDe
         InvalidRequestError: Bad phases.
     """
     with ctx.transaction() as session:
-        rollout = create_rollout(
-            session,
-            release_id=body.release_id,
-            group=body.group,
-            tags=tuple(body.tags),
-            phases=[ctx.settings.phase(**p.model_dump()) for p in body.phases]
-            if body.phases
-            else ctx.settings.default_phases(),
-            failure_threshold=body.failure_threshold,
-            min_reports_for_abort=body.min_reports_for_abort,
-            abort_action=body.abort_action,
-            progress_timeout=body.progress_timeout,
-            actor=f"token:{operator.id}",
-        )
+        rollout = rollout_from_request(session, ctx.settings, body, actor=f"token:{operator.id}")
         return _rollout_public(session, rollout)
+
+
+def rollout_from_request(
+    session: Any, settings: ServerSettings, body: RolloutCreate, *, actor: str
+) -> Rollout:
+    """Start the rollout a request describes, the server's default phases filling what it leaves out (the
+    API and the web console both start rollouts through here).
+
+    Raises:
+        NotFoundError: Unknown release.
+        ConflictError: An active rollout holds the selector.
+        InvalidRequestError: Bad phases.
+    """
+    return create_rollout(
+        session,
+        release_id=body.release_id,
+        group=body.group,
+        tags=tuple(body.tags),
+        phases=[settings.phase(**p.model_dump()) for p in body.phases]
+        if body.phases
+        else settings.default_phases(),
+        failure_threshold=body.failure_threshold,
+        min_reports_for_abort=body.min_reports_for_abort,
+        abort_action=body.abort_action,
+        progress_timeout=body.progress_timeout,
+        actor=actor,
+    )
 
 
 @router.get("/rollouts")
@@ -422,14 +437,7 @@ def get_device(
         device = session.get(Device, device_id)
         if device is None:
             raise NotFoundError(f"no device {device_id!r}")
-        installed = None
-        if device.current_sha256:
-            installed = session.scalars(
-                select(Release)
-                .where(Release.sha256 == device.current_sha256)
-                .order_by(Release.created_at.desc())
-                .limit(1)
-            ).first()
+        installed = installed_release(session, device.current_sha256)
         rows = session.scalars(
             select(StatusReportRow)
             .where(StatusReportRow.device_id == device_id)
@@ -447,14 +455,23 @@ def get_device(
                     received_at=r.received_at,
                     release_id=r.release_id,
                     rollout_id=r.rollout_id,
-                    message=_report_message(r.body),
+                    message=report_message(r.body),
                 )
                 for r in rows
             ],
         )
 
 
-def _report_message(body: dict[str, Any] | None) -> str | None:
+def installed_release(session: Any, sha256: str | None) -> Release | None:
+    """The newest release whose artifact is ``sha256`` (what a device reporting it runs), or None."""
+    if not sha256:
+        return None
+    query = select(Release).where(Release.sha256 == sha256).order_by(Release.created_at.desc()).limit(1)
+    return session.scalars(query).first()
+
+
+def report_message(body: dict[str, Any] | None) -> str | None:
+    """The human reason a status report gives (``details.error``, ``reason`` or ``message``), shortened."""
     details = (body or {}).get("details") or {}
     for key in ("error", "reason", "message"):
         if isinstance(details.get(key), str):
