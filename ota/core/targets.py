@@ -10,7 +10,7 @@ Documents, told apart by ``kind``::
 
     model     the full artifact: model, version, profile, release_id; provenance (source_uri,
               mlflow_run_id, data_fingerprint, each null when unknown); selftest: the name of the
-              release's self-test vectors target, null when it ships none
+              release's self-test vectors target, absent when it ships none
     selftest  the self-test vectors (format: :mod:`ota.core.selftest`): model, version, profile, release_id
     delta     a patch from one release to another: model, profile, base_sha256, result_sha256,
               base_release_id, release_id
@@ -83,8 +83,8 @@ class ModelTargetCustom:
     selftest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the JSON-able document (optional fields as null, never left out)."""
-        return {
+        """Return the JSON-able document: unknown provenance as null, ``selftest`` only when there is one."""
+        document: dict[str, Any] = {
             "kind": TargetKind.MODEL.value,
             "model": self.model,
             "version": self.version,
@@ -93,8 +93,10 @@ class ModelTargetCustom:
             "source_uri": self.source_uri,
             "mlflow_run_id": self.mlflow_run_id,
             "data_fingerprint": self.data_fingerprint,
-            "selftest": self.selftest,
         }
+        if self.selftest is not None:
+            document["selftest"] = self.selftest
+        return document
 
     @classmethod
     def from_dict(cls, raw: Any) -> Self:
