@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from ota.core.delta import DeltaError, PatchHeader, apply_delta, make_delta, read_header
+from ota.core.files import sha256_file
 
 delta_app = typer.Typer(
     name="delta",
@@ -85,7 +86,8 @@ def apply_command(
         header = apply_delta(old, patch, output, max_output_bytes=max_output_bytes)
     except DeltaError as exc:
         raise _fail(exc) from exc
-    typer.echo(f"wrote {output} ({header.result_length} B, sha256 {header.result_sha256}) verified")
+    # The header keeps only a prefix of the result's sha256 (an accident check); print the whole one.
+    typer.echo(f"wrote {output} ({header.result_length} B, sha256 {sha256_file(output)[0]}) verified")
 
 
 @delta_app.command("info")

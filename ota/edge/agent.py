@@ -27,9 +27,9 @@ import random
 import threading
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 from tuf.api import exceptions as tuf_errors
@@ -59,18 +59,36 @@ from ota.edge.fetch import Fetcher, make_client
 from ota.edge.fsutil import ensure_private_dir
 from ota.edge.identity import DeviceIdentity, Enrolment
 from ota.edge.install import DeltaApplier, FaultHook, HealthChecker, Installer, InstallEvent
+from ota.edge.plan import Limits, Repository, plan_update, selftest_name, targets_to_look_up
 from ota.edge.profile import HardwareProfile, detect_profile
 from ota.edge.reports import ReportQueue
-from ota.edge.state import ArtifactRef, UpdatePlan
+from ota.edge.state import AgentState, UpdatePlan
 from ota.edge.tuf_fetcher import HttpxFetcher
 
 log = logging.getLogger(__name__)
 
-FAILURES_KEY = "failed_assignments"
-# sha256 -> release_seq of models this agent installed (recorded before installing, so a crash mid-install
-# still leaves the sequence of whatever ends up committed): what "older than installed" is measured against.
-RELEASE_SEQS_KEY = "release_seqs"
-ETAG_KEY = "assignment"
+
+class PollOutcome(StrEnum):
+    """What one poll did (a ``StrEnum``: its values are what ``agent --once`` prints)."""
+
+    #: The director answered 304: nothing changed since the last poll.
+    UNCHANGED = "unchanged"
+    #: The assigned target is the installed one.
+    UP_TO_DATE = "up-to-date"
+    #: The director assigns nothing.
+    NO_TARGET = "no-target"
+    INSTALLED = "installed"
+    ROLLED_BACK = "rolled-back"
+    #: Verification or the install failed; not retried until the director's counter changes.
+    FAILED = "failed"
+    #: The same assignment failed before; waiting for a new one.
+    SKIPPED = "skipped"
+    #: Enrolled, awaiting operator admission.
+    PENDING = "pending"
+    REJECTED = "rejected"
+    REVOKED = "revoked"
+    #: Network or server trouble (or a bug): backing off.
+    ERROR = "error"
 
 
 @dataclass(frozen=True)
@@ -78,18 +96,18 @@ class PollResult:
     """What one poll did and when to poll next.
 
     Attributes:
-        outcome: ``unchanged`` (304), ``up-to-date``, ``no-target``, ``installed``, ``rolled-back``,
-            ``failed``, ``skipped`` (same failure as before), ``pending`` (awaiting admission), ``rejected``
-            or ``error`` (network or server trouble).
+        outcome: What happened.
         delay_s: Seconds to wait before the next poll.
-        detail: Reason or extra information.
+        detail: Reason or extra information, for people (never parsed).
         attack: True when verification failed in a way that looks like an attack.
+        error: The edge error class behind a ``failed`` or ``error`` outcome, if one was raised.
     """
 
-    outcome: str
+    outcome: PollOutcome
     delay_s: float
     detail: str | None = None
     attack: bool = False
+    error: type[EdgeError] | None = None
 
 
 class Agent:
@@ -149,7 +167,8 @@ class Agent:
         enrolled = self._stored_enrolment()
         if profile in (None, "auto") and enrolled is not None and enrolled.hardware_profile:
             profile = enrolled.hardware_profile
-        self.hardware: HardwareProfile = detect_profile(override_name=profile)
+        # Without the ONNX Runtime fields: sent once, at enrolment (see HardwareProfile.with_runtime).
+        self.hardware: HardwareProfile = detect_profile(override_name=profile, runtime=False)
         self.device_id = (
             device_id or (enrolled.device_id if enrolled else "") or self.identity.default_device_id()
         )
@@ -204,8 +223,12 @@ class Agent:
         while True:
             result = self.poll_once()
             log.info("poll: %s (%s); next in %.1f s", result.outcome, result.detail or "", result.delay_s)
-            if once or stop.wait(result.delay_s):
+            if once or self._wait_for_next_poll(result.delay_s, stop):
                 return result
+
+    def _wait_for_next_poll(self, seconds: float, stop: threading.Event) -> bool:
+        """Wait ``seconds`` between polls; return True when ``stop`` was set (the loop ends)."""
+        return stop.wait(seconds)
 
     def poll_once(self) -> PollResult:
         """Run one poll cycle; never raises, except for a deliberate stop.
@@ -221,16 +244,20 @@ class Agent:
         try:
             result = self._poll()
         except VerificationError as exc:
-            return PollResult("failed", self._interval(None), str(exc), attack=True)
+            return PollResult(
+                PollOutcome.FAILED, self._interval(None), str(exc), attack=True, error=type(exc)
+            )
         except EdgeError as exc:
-            return self._back_off(f"{type(exc).__name__}: {exc}", attack=exc.attack)
+            return self._back_off(f"{type(exc).__name__}: {exc}", attack=exc.attack, error=type(exc))
         except Exception as exc:  # the loop must outlive any bug below it
             log.exception("poll failed unexpectedly; backing off")
             return self._back_off(f"unexpected {type(exc).__name__}: {exc}")
         self._errors_in_a_row = 0
         return result
 
-    def _back_off(self, reason: str, *, attack: bool = False) -> PollResult:
+    def _back_off(
+        self, reason: str, *, attack: bool = False, error: type[EdgeError] | None = None
+    ) -> PollResult:
         self._errors_in_a_row += 1
         wait = full_jitter_delay(
             self._errors_in_a_row - 1,
@@ -239,7 +266,9 @@ class Agent:
             rng=self.rng,
         )
         # Full jitter can draw ~0: the floor keeps a broken server from turning the agent into a busy loop.
-        return PollResult("error", max(self.config.poll_interval_min_s, wait), reason, attack=attack)
+        return PollResult(
+            PollOutcome.ERROR, max(self.config.poll_interval_min_s, wait), reason, attack=attack, error=error
+        )
 
     def _interval(self, server_seconds: float | None, extra_jitter: float = 0.0) -> float:
         base = self.config.clamp_poll_interval(server_seconds)
@@ -254,7 +283,9 @@ class Agent:
         resumed = self.installer.resume()
         enrolment = self._ensure_enrolled()
         if enrolment.admission != AdmissionState.ACCEPTED.value:
-            return PollResult(enrolment.admission, self._interval(None), "awaiting operator admission")
+            return PollResult(
+                PollOutcome(enrolment.admission), self._interval(None), "awaiting operator admission"
+            )
         self._flush_reports()
         if resumed is not None:
             self._flush_reports()
@@ -263,7 +294,7 @@ class Agent:
         answer = self.api.assignment(current_sha256=current, etag=self._etag)
         interval = answer.poll_interval
         if answer.envelope is None:
-            return PollResult("unchanged", self._interval(interval))
+            return PollResult(PollOutcome.UNCHANGED, self._interval(interval))
         try:
             assignment = verify_assignment(
                 answer.envelope,
@@ -271,7 +302,7 @@ class Agent:
                 device_id=self.device_id,
                 hardware_profile=self.hardware.name,
                 last_counter=state.highest_assignment_counter or None,
-                installed_release_seq=self._release_seqs().get(current) if current else None,
+                installed_release_seq=state.release_seqs().get(current) if current else None,
                 now=self._now(),
             )
         except OtaError as exc:
@@ -279,24 +310,31 @@ class Agent:
             self._flush_reports()
             # Do not keep the ETag of a refused answer: the next poll must see a corrected one in full.
             self._etag = None
-            return PollResult("failed", self._interval(interval), f"assignment refused: {exc}", attack=True)
+            return PollResult(
+                PollOutcome.FAILED,
+                self._interval(interval),
+                f"assignment refused: {exc}",
+                attack=True,
+                error=VerificationError,
+            )
         new_etag = answer.etag
         interval = interval or float(assignment.poll_interval)
         if assignment.counter > state.highest_assignment_counter:
-            self.installer.states.save(replace(state, highest_assignment_counter=assignment.counter))
+            self._save(replace(state, highest_assignment_counter=assignment.counter))
         delay = self._interval(interval, assignment.poll_jitter)
         target = assignment.target
         if target is None:
             self._etag = new_etag
-            return PollResult("no-target", delay)
+            return PollResult(PollOutcome.NO_TARGET, delay)
         if target.sha256 == current:
             self._etag = new_etag
-            return PollResult("up-to-date", delay)
+            return PollResult(PollOutcome.UP_TO_DATE, delay)
         failure_key = f"{assignment.counter}:{target.sha256}"
-        failures = self._failures()
-        if failures.get(failure_key, 0) >= self.config.max_same_failures:
+        if state.failures().get(failure_key, 0) >= self.config.max_same_failures:
             self._etag = new_etag
-            return PollResult("skipped", delay, "this assignment failed before; waiting for a new one")
+            return PollResult(
+                PollOutcome.SKIPPED, delay, "this assignment failed before; waiting for a new one"
+            )
         try:
             try:
                 plan = self._plan(enrolment, assignment, current)
@@ -307,88 +345,50 @@ class Agent:
             self._report_failure(assignment, str(exc), attack=True)
             self._flush_reports()
             self._etag = new_etag
-            return PollResult("failed", delay, str(exc), attack=True)
+            return PollResult(PollOutcome.FAILED, delay, str(exc), attack=True, error=type(exc))
         if assignment.release_seq is not None:
-            self._remember_release_seq(target.sha256, assignment.release_seq)
+            self._save(self.installer.state().with_release_seq(target.sha256, assignment.release_seq))
         outcome = self.installer.install(plan)
         self._flush_reports()
         if outcome.status is ReportStatus.COMMITTED:
             self._etag = None  # the device's current hash changed: the next answer differs
-            return PollResult("installed", delay, "delta" if outcome.used_delta else "full")
-        if outcome.attack or outcome.status is ReportStatus.ROLLED_BACK or not _is_transient(outcome.reason):
-            self._remember_failure(failure_key)
-            self._etag = new_etag
-        status = "rolled-back" if outcome.status is ReportStatus.ROLLED_BACK else "failed"
-        if status == "failed" and not outcome.attack and _is_transient(outcome.reason):
-            return self._back_off(outcome.reason or "download failed")
-        return PollResult(status, delay, outcome.reason, attack=outcome.attack)
+            return PollResult(PollOutcome.INSTALLED, delay, "delta" if outcome.used_delta else "full")
+        rolled_back = outcome.status is ReportStatus.ROLLED_BACK
+        if not rolled_back and not outcome.attack and outcome.transient:
+            # Network trouble: the same assignment may succeed on a later try.
+            return self._back_off(outcome.reason or "download failed", error=outcome.error)
+        self._remember_failure(failure_key)
+        self._etag = new_etag
+        return PollResult(
+            PollOutcome.ROLLED_BACK if rolled_back else PollOutcome.FAILED,
+            delay,
+            outcome.reason,
+            attack=outcome.attack,
+            error=outcome.error,
+        )
 
     # ---- verification -------------------------------------------------------------------------------
 
     def _plan(self, enrolment: Enrolment, assignment: Assignment, current: str | None) -> UpdatePlan:
-        target = assignment.target
-        assert target is not None
-        for name in (target.name, assignment.delta.name if assignment.delta else None):
-            if name is not None:
-                _check_target_name(name)
-        updater = self._updater(enrolment)
-        info = self._targetinfo(updater, target.name)
-        _agree(info, target.name, target.length, target.sha256)
-        if target.length > self.config.max_download_bytes:
-            raise VerificationError(f"{target.name} is {target.length} bytes, over max_download_bytes")
-        delta_ref: ArtifactRef | None = None
-        base: str | None = None
-        if assignment.delta is not None and assignment.delta.base_sha256 == current:
-            delta_info = self._targetinfo(updater, assignment.delta.name)
-            _agree(delta_info, assignment.delta.name, assignment.delta.length, assignment.delta.sha256)
-            custom = delta_info.custom if isinstance(delta_info.custom, dict) else {}
-            for field_name, expected in (
-                ("base_sha256", assignment.delta.base_sha256),
-                ("result_sha256", assignment.delta.result_sha256),
-            ):
-                signed_value = _find_custom(custom, field_name)
-                if signed_value is not None and signed_value != expected:
-                    raise VerificationError(f"delta {field_name} differs between TUF and the director")
-            delta_ref = ArtifactRef(
-                name=assignment.delta.name,
-                url=self._target_url(enrolment, updater, assignment.delta.name, assignment.delta.sha256),
-                length=assignment.delta.length,
-                sha256=assignment.delta.sha256,
-            )
-            base = assignment.delta.base_sha256
-        selftest = self._selftest(enrolment, updater, info)
-        custom = info.custom if isinstance(info.custom, dict) else {}
-        version = _find_custom(custom, "version")
-        budget = _find_custom(custom, "latency_budget_ms")
-        return UpdatePlan(
-            target=ArtifactRef(
-                name=target.name,
-                url=self._target_url(enrolment, updater, target.name, target.sha256),
-                length=target.length,
-                sha256=target.sha256,
-            ),
-            version=str(version) if version is not None else "",
-            delta=delta_ref,
-            delta_base_sha256=base,
-            selftest=selftest,
-            latency_budget_ms=float(budget) if isinstance(budget, int | float) else None,
-            assignment_counter=assignment.counter,
-            release_id=assignment.release_id,
-            rollout_id=assignment.rollout_id,
-        )
+        """Refresh the image repository, look up the targets the assignment names, and plan (pure).
 
-    def _selftest(self, enrolment: Enrolment, updater: Updater, info: TargetFile) -> ArtifactRef | None:
-        custom = info.custom if isinstance(info.custom, dict) else {}
-        name = _find_custom(custom, "selftest")
-        if not isinstance(name, str):
-            return None
-        _check_target_name(name)
-        vectors = self._targetinfo(updater, name)
-        sha = vectors.hashes.get("sha256")
-        if sha is None or vectors.length > self.config.max_selftest_bytes:
-            raise VerificationError(f"self-test target {name} lacks a sha256 or is too large")
-        return ArtifactRef(
-            name=name, url=self._target_url(enrolment, updater, name, sha), length=vectors.length, sha256=sha
+        The I/O is here (ngclient's refresh and lookups); every decision is :func:`ota.edge.plan.plan_update`.
+        """
+        names = targets_to_look_up(assignment, current)
+        updater = self._updater(enrolment)
+        infos: dict[str, TargetFile] = {name: self._targetinfo(updater, name) for name in names}
+        vectors = selftest_name(infos[names[0]], names[0])
+        if vectors is not None:
+            infos[vectors] = self._targetinfo(updater, vectors)
+        return plan_update(
+            assignment,
+            current_sha256=current,
+            targets=infos,
+            repository=Repository(enrolment.targets_url, self._consistent_snapshot()),
+            limits=Limits(
+                max_download_bytes=self.config.max_download_bytes,
+                max_selftest_bytes=self.config.max_selftest_bytes,
+            ),
         )
 
     def _updater(self, enrolment: Enrolment) -> Updater:
@@ -447,17 +447,14 @@ class Agent:
             raise VerificationError(f"the image repository has no target {name!r}")
         return info
 
-    def _target_url(self, enrolment: Enrolment, updater: Updater, name: str, sha256: str) -> str:
-        # Consistent snapshots: ngclient prefixes the basename with the hash; do the same for Range downloads.
+    def _consistent_snapshot(self) -> bool:
+        """Whether the trusted root uses consistent snapshots (target URLs then carry the hash)."""
         try:
-            consistent = (
+            return bool(
                 Metadata[Root].from_file(str(self.identity.trusted_root_path)).signed.consistent_snapshot
             )
         except (OSError, ValueError, tuf_errors.RepositoryError):
-            consistent = True
-        directory, sep, basename = name.rpartition("/")
-        path = f"{directory}{sep}{sha256}.{basename}" if consistent else name
-        return enrolment.targets_url.rstrip("/") + "/" + quote(path)
+            return True
 
     def _plan_with_corrected_urls(
         self, enrolment: Enrolment, assignment: Assignment, current: str | None, failure: FetchError
@@ -527,7 +524,7 @@ class Agent:
             provisioning_token=self.provisioning_token,
             public_key=self.identity.public_key_dict(),
             hardware_profile=self.hardware.name,
-            hardware=self.hardware.to_details(),
+            hardware=self.hardware.with_runtime().to_details(),
             tags=self.tags,
             group=self.group,
         )
@@ -626,74 +623,14 @@ class Agent:
             details={"reason": reason},
         )
 
-    def _failures(self) -> dict[str, int]:
-        raw = self.installer.state().extra.get(FAILURES_KEY, {})
-        return {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
-
     def _remember_failure(self, key: str) -> None:
-        state = self.installer.state()
-        failures = self._failures()
-        failures[key] = failures.get(key, 0) + 1
-        # Keep only recent keys: a device that has failed many assignments must not grow its state forever.
-        recent = dict(list(failures.items())[-32:])
-        self.installer.states.save(replace(state, extra={**state.extra, FAILURES_KEY: recent}))
+        self._save(self.installer.state().with_failure(key))
 
-    def _release_seqs(self) -> dict[str, int]:
-        raw = self.installer.state().extra.get(RELEASE_SEQS_KEY, {})
-        if not isinstance(raw, dict):
-            return {}
-        return {str(k): v for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
-
-    def _remember_release_seq(self, sha256: str, seq: int) -> None:
-        state = self.installer.state()
-        seqs = {k: v for k, v in self._release_seqs().items() if k != sha256}
-        seqs[sha256] = seq
-        # A few entries cover the committed model, the one on trial and a rollback target.
-        recent = dict(list(seqs.items())[-8:])
-        self.installer.states.save(replace(state, extra={**state.extra, RELEASE_SEQS_KEY: recent}))
+    def _save(self, state: AgentState) -> None:
+        self.installer.states.save(state)
 
     def _now(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.clock_offset_s)
-
-
-def _agree(info: TargetFile, name: str, length: int, sha256: str) -> None:
-    """Refuse unless TUF and the director agree on length and sha256."""
-    if info.length != length or info.hashes.get("sha256") != sha256:
-        raise VerificationError(
-            f"director and image repository disagree on {name}: director {length} B {sha256[:12]}…, "
-            f"TUF {info.length} B {str(info.hashes.get('sha256'))[:12]}…"
-        )
-
-
-def _check_target_name(name: str) -> None:
-    """Refuse names that could escape a directory if anything ever used them as a path."""
-    parts = name.split("/")
-    if (
-        not name
-        or name.startswith("/")
-        or "\\" in name
-        or any(part in {"", ".", ".."} for part in parts)
-        or any(ord(ch) < 32 for ch in name)
-    ):
-        raise VerificationError(f"refusing target name {name!r} (path traversal)")
-
-
-def _find_custom(custom: dict[str, Any], key: str) -> Any:
-    """Look a custom target field up at the top level or one level down (``{"custom": {...}}``)."""
-    if key in custom:
-        return custom[key]
-    nested = custom.get("custom")
-    if isinstance(nested, dict):
-        return nested.get(key)
-    return None
-
-
-def _is_transient(reason: str | None) -> bool:
-    """Whether a failed install may succeed on a later try without a new assignment (network trouble)."""
-    text = reason or ""
-    return any(
-        marker in text for marker in ("gave up after", "server answered 5", "ConnectError", "timed out")
-    )
 
 
 def agent_from_args(
@@ -729,7 +666,7 @@ def describe(agent: Agent) -> dict[str, Any]:
         "device_id": agent.device_id,
         "profile": agent.hardware.name,
         "admission": enrolment.admission if enrolment else "not enrolled",
-        "hardware": agent.hardware.to_details(),
+        "hardware": agent.hardware.with_runtime().to_details(),
         "phase": state.phase.value,
         "committed": None if state.committed is None else state.committed.to_json(),
         "active_slot": state.active_slot,

@@ -58,7 +58,7 @@ def run(
     Raises:
         typer.Exit: With code 1 when the agent cannot start, or when ``--once`` ended in a failure.
     """
-    from ota.edge.agent import Agent
+    from ota.edge.agent import Agent, PollOutcome
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
     try:
@@ -85,7 +85,7 @@ def run(
         signal.signal(signal.SIGINT, _stop)
     result = agent.run(once=once, stop=stop)
     typer.echo(json.dumps({"outcome": result.outcome, "detail": result.detail, "attack": result.attack}))
-    if once and result.outcome in {"failed", "error", "rejected"}:
+    if once and result.outcome in {PollOutcome.FAILED, PollOutcome.ERROR, PollOutcome.REJECTED}:
         raise typer.Exit(1)
 
 

@@ -27,6 +27,10 @@ Tree::
     ├── ProfileError             the hardware profile cannot be detected
     ├── IdentityError            the device key or trusted metadata is unreadable
     └── VerificationError        signed metadata or an assignment failed verification           [attack]
+        └── TargetMetadataError  a signed TUF target's custom fields are not the document expected [attack]
+
+``transient`` marks the failures a later try may get past without a new assignment (network trouble, a
+5xx): the poll loop backs off and retries those instead of remembering the assignment as failed.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class EdgeError(Exception):
 
     #: True when the error means bad data was served on purpose; reports carry it as the attack flag.
     attack: bool = False
+    #: True when a later try may succeed without anything changing at the server (network trouble).
+    transient: bool = False
 
 
 class ConfigError(EdgeError):
@@ -69,10 +75,13 @@ class HttpStatusError(FetchError):
     def __init__(self, message: str, *, status_code: int) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.transient = status_code >= 500
 
 
 class ApiTransportError(FetchError):
     """A call to a device endpoint failed below HTTP: connect error, timeout, protocol error, redirects."""
+
+    transient = True
 
 
 class AnswerFormatError(FetchError):
@@ -98,6 +107,8 @@ class SlowRetrievalError(FetchError):
 
 class RetriesExhaustedError(FetchError):
     """Every retry of a download failed; the last cause is chained as ``__cause__``."""
+
+    transient = True
 
 
 class DownloadTooLargeError(FetchError):
@@ -134,3 +145,11 @@ class VerificationError(EdgeError):
     """Signed metadata or a director assignment failed verification; nothing is installed."""
 
     attack = True
+
+
+class TargetMetadataError(VerificationError):
+    """A signed TUF target's custom fields are not the :mod:`ota.core.targets` document expected.
+
+    Unknown, missing or mistyped fields, or a delta whose signed base and result differ from the director's.
+    Signed and wrong: an attack flag like every verification failure.
+    """

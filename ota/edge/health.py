@@ -15,23 +15,29 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import onnxruntime as ort
-
-from ota.core.selftest import SelfTestFormatError, SelfTestVectors, load_vectors
 from ota.edge.config import AgentConfig
 
+if TYPE_CHECKING:
+    import numpy as np
+    import onnxruntime as ort
+
+    from ota.core.selftest import SelfTestVectors
+
+# numpy, ONNX Runtime and the vectors reader (numpy again) are imported by the functions that use them, not
+# here: the installer imports this module for HealthResult, and an idle agent that only polls must not pay
+# for them (ONNX Runtime and numpy are about 40 MB of the idle agent's RSS; bench/agent_footprint.py).
+
 # ONNX Runtime reports input types as strings; the vectors are cast to what the model expects.
-_ORT_TYPES: dict[str, type[np.generic]] = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
+_ORT_TYPE_NAMES: dict[str, str] = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
 }
 
 
@@ -84,6 +90,8 @@ def make_session(
         Exception: Whatever ONNX Runtime raises for an unloadable model (its error types are not
             public); :func:`run_health_check` turns it into a failed result.
     """
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     if config.ort_intra_op_threads:
         options.intra_op_num_threads = config.ort_intra_op_threads
@@ -114,6 +122,10 @@ def run_health_check(
     Returns:
         The outcome; ``ok`` is False with ``stage`` and ``reason`` set on any failure.
     """
+    import numpy as np
+
+    from ota.core.selftest import SelfTestFormatError, load_vectors
+
     started = time.monotonic()
     vectors: SelfTestVectors | None = None
     if vectors_path is not None:
@@ -132,11 +144,12 @@ def run_health_check(
         return HealthResult(ok=False, stage="load", reason=f"ONNX Runtime cannot load the model: {exc}")
     load_s = time.monotonic() - started
     model_input = session.get_inputs()[0]
-    dtype = _ORT_TYPES.get(model_input.type)
-    if dtype is None:
+    dtype_name = _ORT_TYPE_NAMES.get(model_input.type)
+    if dtype_name is None:
         return HealthResult(
             ok=False, stage="load", reason=f"unsupported input type {model_input.type}", load_s=load_s
         )
+    dtype = np.dtype(dtype_name)
     if vectors is not None:
         sample = vectors.inputs[:1].astype(dtype)
     else:

@@ -93,6 +93,8 @@ class InstallOutcome:
         used_delta: True when the model was reconstructed from a delta.
         bytes_downloaded: Bytes transferred by this process for the update.
         health: The health-check result, when one ran.
+        transient: The failure may go away on a later try of the same plan (network trouble).
+        error: The edge error class that ended a failed update, if one did.
     """
 
     status: ReportStatus
@@ -101,6 +103,8 @@ class InstallOutcome:
     used_delta: bool = False
     bytes_downloaded: int = 0
     health: HealthResult | None = None
+    transient: bool = False
+    error: type[EdgeError] | None = None
 
 
 def load_default_delta_applier() -> DeltaApplier:
@@ -248,16 +252,16 @@ class Installer:
                 # A full disk (or a failing one): what was written for this update cannot complete. Free it
                 # first, so that the state write and the failure report below have room.
                 self._discard_partials(state)
-                return self._abandon(state, plan, str(exc))
+                return self._abandon(state, plan, str(exc), error=exc)
             except EdgeError as exc:
-                return self._abandon(state, plan, str(exc), attack=exc.attack)
+                return self._abandon(state, plan, str(exc), attack=exc.attack, error=exc)
             self._emit(ReportStatus.DOWNLOADED, plan, details={"delta": self._used_delta})
             self._hit("downloaded")
         if state.phase is Phase.DOWNLOADED:
             try:
                 actual = sha256_file(self.slots.model_path(trial))
             except SlotError as exc:
-                return self._abandon(state, plan, str(exc))
+                return self._abandon(state, plan, str(exc), error=exc)
             if actual != plan.target.sha256:
                 return self._abandon(state, plan, f"installed file hashes to {actual}, not the signed sha256")
             self._hit("slot-switch")
@@ -271,7 +275,8 @@ class Installer:
         assert state.trial_slot is not None
         self._hit("health-check")
         vectors = self.slots.vectors_path(state.trial_slot) if plan.selftest is not None else None
-        result = self._run_health(self.slots.model_path(state.trial_slot), vectors, plan.latency_budget_ms)
+        # No budget of the release's own here: it travels inside the signed self-test vectors.
+        result = self._run_health(self.slots.model_path(state.trial_slot), vectors, None)
         if not result.ok:
             reason = f"health check failed at {result.stage}: {result.reason}"
             self._emit(ReportStatus.HEALTH_CHECK_FAILED, plan, details=_health_details(result))
@@ -450,7 +455,7 @@ class Installer:
         except FetchError as exc:
             if exc.attack:
                 raise  # bad bytes on purpose: report it, do not paper over it with a full download
-            return self._fall_back(plan, destination, patch, f"delta download failed: {exc}")
+            return self._fall_back(plan, destination, patch, f"delta download failed: {exc}", cause=exc)
         except SlotError:
             raise  # a full disk stays a full disk with a full download
         except Exception as exc:  # the delta engine's DeltaError family, or anything it did not foresee
@@ -460,13 +465,17 @@ class Installer:
         self._used_delta = True
         return True
 
-    def _fall_back(self, plan: UpdatePlan, destination: Path, patch: Path, reason: str) -> bool:
+    def _fall_back(
+        self, plan: UpdatePlan, destination: Path, patch: Path, reason: str, *, cause: EdgeError | None = None
+    ) -> bool:
         with contextlib.suppress(OSError):
             destination.unlink()
         with contextlib.suppress(OSError):
             patch.unlink()
         if not self.config.allow_full_fallback:
-            raise FetchError(f"{reason}; full-download fallback is disabled (metered link)")
+            error = FetchError(f"{reason}; full-download fallback is disabled (metered link)")
+            error.transient = cause is not None and cause.transient
+            raise error
         self._emit(ReportStatus.DOWNLOADING, plan, details={"reason": reason, "fallback": "full"})
         return False
 
@@ -493,7 +502,13 @@ class Installer:
         return state
 
     def _abandon(
-        self, state: AgentState, plan: UpdatePlan, reason: str, *, attack: bool = False
+        self,
+        state: AgentState,
+        plan: UpdatePlan,
+        reason: str,
+        *,
+        attack: bool = False,
+        error: EdgeError | None = None,
     ) -> InstallOutcome:
         self._transition(
             state,
@@ -511,6 +526,8 @@ class Installer:
             attack=attack,
             used_delta=self._used_delta,
             bytes_downloaded=self._bytes(),
+            transient=error is not None and error.transient,
+            error=None if error is None else type(error),
         )
 
     def _transition(self, state: AgentState, phase: Phase, **changes: Any) -> AgentState:

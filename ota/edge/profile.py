@@ -9,13 +9,12 @@ argument so tests can feed other machines' files.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import onnxruntime as ort
 
 from ota.edge.errors import ProfileError
 
@@ -70,6 +69,21 @@ class HardwareProfile:
     memory_bytes: int = 0
     ort_version: str = ""
     ort_providers: tuple[str, ...] = field(default_factory=tuple)
+
+    def with_runtime(self) -> HardwareProfile:
+        """This profile with the ONNX Runtime version and providers filled in (imports onnxruntime).
+
+        :func:`detect_profile` leaves them out unless asked: the profile's name does not depend on them,
+        and an agent that only polls must not load ONNX Runtime (tens of MB of RSS) to send them once at
+        enrolment.
+        """
+        if self.ort_version:
+            return self
+        import onnxruntime as ort
+
+        return dataclasses.replace(
+            self, ort_version=ort.__version__, ort_providers=tuple(ort.get_available_providers())
+        )
 
     def to_details(self) -> dict[str, Any]:
         """Return a flat map of scalars, as the enrolment's ``hardware`` field wants."""
@@ -161,6 +175,7 @@ def detect_profile(
     cpuinfo_path: Path = Path("/proc/cpuinfo"),
     meminfo_path: Path = Path("/proc/meminfo"),
     machine: str | None = None,
+    runtime: bool = True,
 ) -> HardwareProfile:
     """Detect this device's hardware profile.
 
@@ -169,6 +184,8 @@ def detect_profile(
         cpuinfo_path: Where to read CPU flags (tests point it at a fixture).
         meminfo_path: Where to read the memory size.
         machine: Architecture override (tests); ``platform.machine()`` by default.
+        runtime: Also fill in the ONNX Runtime version and providers (imports onnxruntime; see
+            :meth:`HardwareProfile.with_runtime`).
 
     Returns:
         The profile.
@@ -181,12 +198,11 @@ def detect_profile(
         raise ProfileError("cannot determine the CPU architecture; pass --profile")
     flags = parse_cpu_flags(_read(cpuinfo_path) or "")
     name = override_name if override_name and override_name != "auto" else profile_name(arch, flags)
-    return HardwareProfile(
+    profile = HardwareProfile(
         name=name,
         arch=arch,
         isa_flags=flags,
         cpu_count=os.cpu_count() or 1,
         memory_bytes=_memory_bytes(_read(meminfo_path)),
-        ort_version=ort.__version__,
-        ort_providers=tuple(ort.get_available_providers()),
     )
+    return profile.with_runtime() if runtime else profile

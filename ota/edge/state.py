@@ -34,6 +34,15 @@ from ota.edge.slots import SlotName, parse_slot
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
+# ``extra`` keys the agent keeps between polls (read and written only through AgentState's methods below).
+FAILURES_KEY = "failed_assignments"
+# sha256 -> release_seq of models this agent installed (recorded before installing, so a crash mid-install
+# still leaves the sequence of whatever ends up committed): what "older than installed" is measured against.
+RELEASE_SEQS_KEY = "release_seqs"
+# A device that has failed many assignments must not grow its state forever; a few release sequences cover
+# the committed model, the one on trial and a rollback target.
+MAX_FAILURES_KEPT = 32
+MAX_RELEASE_SEQS_KEPT = 8
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +139,7 @@ class UpdatePlan:
         version: Release version string, for reports.
         delta: A delta patch on offer, if any.
         delta_base_sha256: The installed model the delta applies to (required when ``delta`` is set).
-        selftest: The release's self-test vectors target, if any.
-        latency_budget_ms: Latency budget for the health check, if the release names one.
+        selftest: The release's self-test vectors target, if any (they carry the latency budget).
         assignment_counter: Counter of the director assignment that asked for this update.
         release_id: Server release id, for reports.
         rollout_id: Server rollout id, for reports.
@@ -142,7 +150,6 @@ class UpdatePlan:
     delta: ArtifactRef | None = None
     delta_base_sha256: str | None = None
     selftest: ArtifactRef | None = None
-    latency_budget_ms: float | None = None
     assignment_counter: int = 0
     release_id: str | None = None
     rollout_id: str | None = None
@@ -155,7 +162,6 @@ class UpdatePlan:
             "delta": None if self.delta is None else self.delta.to_json(),
             "delta_base_sha256": self.delta_base_sha256,
             "selftest": None if self.selftest is None else self.selftest.to_json(),
-            "latency_budget_ms": self.latency_budget_ms,
             "assignment_counter": self.assignment_counter,
             "release_id": self.release_id,
             "rollout_id": self.rollout_id,
@@ -174,14 +180,12 @@ class UpdatePlan:
         base = _optional(document, "delta_base_sha256", str)
         if delta is not None and base is None:
             raise StateError("an update plan with a delta must name the delta's base sha256")
-        budget = _optional(document, "latency_budget_ms", (int, float))
         return cls(
             target=ArtifactRef.from_json(document.get("target")),
             version=_require(document, "version", str),
             delta=delta,
             delta_base_sha256=base,
             selftest=_artifact(document.get("selftest")),
-            latency_budget_ms=None if budget is None else float(budget),
             assignment_counter=_require(document, "assignment_counter", int),
             release_id=_optional(document, "release_id", str),
             rollout_id=_optional(document, "rollout_id", str),
@@ -313,6 +317,34 @@ class AgentState:
         )
         state.check_invariants()
         return state
+
+    def failures(self) -> dict[str, int]:
+        """How often each ``"<assignment counter>:<target sha256>"`` failed (recent ones only)."""
+        raw = self.extra.get(FAILURES_KEY, {})
+        if not isinstance(raw, dict):
+            return {}
+        return {str(k): v for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+    def with_failure(self, key: str) -> AgentState:
+        """This state with one more failure of ``key`` (the oldest keys beyond the last 32 dropped)."""
+        failures = self.failures()
+        failures[key] = failures.get(key, 0) + 1
+        recent = dict(list(failures.items())[-MAX_FAILURES_KEPT:])
+        return dataclasses.replace(self, extra={**self.extra, FAILURES_KEY: recent})
+
+    def release_seqs(self) -> dict[str, int]:
+        """The release sequence of each model sha256 this agent installed (recent ones only)."""
+        raw = self.extra.get(RELEASE_SEQS_KEY, {})
+        if not isinstance(raw, dict):
+            return {}
+        return {str(k): v for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+    def with_release_seq(self, sha256: str, seq: int) -> AgentState:
+        """This state remembering that model ``sha256`` is release ``seq`` (the last 8 kept)."""
+        seqs = {k: v for k, v in self.release_seqs().items() if k != sha256}
+        seqs[sha256] = seq
+        recent = dict(list(seqs.items())[-MAX_RELEASE_SEQS_KEPT:])
+        return dataclasses.replace(self, extra={**self.extra, RELEASE_SEQS_KEY: recent})
 
     def check_invariants(self) -> None:
         """Refuse a state that could leave the device without a working model.

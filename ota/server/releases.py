@@ -3,7 +3,8 @@
 Publishing is idempotent: the same artifact under the same model, version and profile returns the
 existing release; a different artifact under a taken model/version/profile is a conflict. Deltas come
 from ``ota.core.delta`` (the delta engine) against the last N releases of the same model and profile, and
-are TUF targets too, with custom fields naming their base and result hashes.
+are TUF targets too, with custom fields naming their base and result hashes. Every target's custom fields are
+the typed documents of :mod:`ota.core.targets`, which the agent reads back.
 
 A release may carry self-test vectors (the ``.npz`` of ``ota.edge.health``): they are their own TUF
 target ``{model}-{version}-{profile}.selftest.npz`` (custom ``kind: selftest``), and the model target's
@@ -19,7 +20,6 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -28,6 +28,13 @@ from tuf.api.metadata import TargetFile
 
 from ota.core.files import sha256_file
 from ota.core.selftest import SelfTestFormatError, load_vectors
+from ota.core.targets import (
+    NAME_PATTERN,
+    DeltaTargetCustom,
+    ModelTargetCustom,
+    SelfTestTargetCustom,
+    tuf_fields,
+)
 from ota.server.blobstore import BlobStore
 from ota.server.db import bump_counter, transaction
 from ota.server.errors import ConflictError, InvalidRequestError, ServerError
@@ -37,7 +44,6 @@ from ota.server.tuf_repo import ImageRepository
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 CHUNK = 1024 * 1024
 SELFTEST_SUFFIX = ".selftest.npz"
 SELFTEST_STAGING_PREFIX = "uploads/selftest/"
@@ -243,53 +249,35 @@ def publish_release(
     )
     built = _build_deltas(blobs, artifact, sha256, bases, model, profile, temp_dir)
 
-    custom: dict[str, Any] = {
-        "kind": "model",
-        "model": model,
-        "version": version,
-        "profile": profile,
-        "release_id": release_id,
-        "source_uri": source_uri,
-        "mlflow_run_id": mlflow_run_id,
-        "data_fingerprint": data_fingerprint,
-    }
-    targets = [TargetFile(length, {"sha256": sha256}, name, {"custom": custom})]
+    model_custom = ModelTargetCustom(
+        model=model,
+        version=version,
+        profile=profile,
+        release_id=release_id,
+        source_uri=source_uri,
+        mlflow_run_id=mlflow_run_id,
+        data_fingerprint=data_fingerprint,
+        selftest=selftest_name if selftest_sha is not None else None,
+    )
+    targets = [TargetFile(length, {"sha256": sha256}, name, tuf_fields(model_custom))]
     if selftest_name is not None and selftest_sha is not None:
-        custom["selftest"] = selftest_name  # ota.edge.agent looks the vectors target up by this field
+        vectors_custom = SelfTestTargetCustom(
+            model=model, version=version, profile=profile, release_id=release_id
+        )
         targets.append(
-            TargetFile(
-                selftest_len,
-                {"sha256": selftest_sha},
-                selftest_name,
-                {
-                    "custom": {
-                        "kind": "selftest",
-                        "model": model,
-                        "version": version,
-                        "profile": profile,
-                        "release_id": release_id,
-                    }
-                },
-            )
+            TargetFile(selftest_len, {"sha256": selftest_sha}, selftest_name, tuf_fields(vectors_custom))
         )
     for delta in built:
+        delta_custom = DeltaTargetCustom(
+            model=model,
+            profile=profile,
+            base_sha256=delta.base_sha256,
+            result_sha256=delta.result_sha256,
+            base_release_id=delta.base_release_id,
+            release_id=release_id,
+        )
         targets.append(
-            TargetFile(
-                delta.length,
-                {"sha256": delta.sha256},
-                delta.target_name,
-                {
-                    "custom": {
-                        "kind": "delta",
-                        "model": model,
-                        "profile": profile,
-                        "base_sha256": delta.base_sha256,
-                        "result_sha256": delta.result_sha256,
-                        "base_release_id": delta.base_release_id,
-                        "release_id": release_id,
-                    }
-                },
-            )
+            TargetFile(delta.length, {"sha256": delta.sha256}, delta.target_name, tuf_fields(delta_custom))
         )
     release = Release(
         id=release_id,

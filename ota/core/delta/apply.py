@@ -80,6 +80,7 @@ from ota.core.delta.format import (
     decode_operation_head,
     decode_tensor_byte,
     decode_varint,
+    digest_matches,
     literal_prime,
     read_header,
     read_varint,
@@ -490,7 +491,7 @@ class _BaseDigest:
             raise DeltaInputError(f"cannot read base {self.base}: {exc.strerror or exc}") from exc
         finally:
             self._pool.shutdown(wait=True)
-        if digest != expected:
+        if not digest_matches(digest, expected):
             raise BaseMismatchError(
                 f"base {self.base} (sha256 {digest[:16]}…) is not the patch's base (sha256 {expected[:16]}…)"
             )
@@ -558,7 +559,7 @@ def apply_delta(
                 raise ResultMismatchError(
                     f"patch rebuilt {output.written} bytes but its header promises {header.result_length}"
                 )
-            if output.digest.hexdigest() != header.result_sha256:
+            if not digest_matches(output.digest.hexdigest(), header.result_sha256):
                 raise ResultMismatchError(
                     f"rebuilt file has sha256 {output.digest.hexdigest()[:16]}…, "
                     f"the patch promises {header.result_sha256[:16]}…"

@@ -10,19 +10,28 @@ section methods, lengths are unsigned LEB128 varints, and the data section's len
 Header::
 
     magic          2 bytes  b"EF"
-    version        1 byte   FORMAT_VERSION (2; version 1 patches, magic b"EFDL", are refused by name)
+    version        1 byte   FORMAT_VERSION (3; version 2, with whole 32-byte digests, is still read; version 1
+                            patches, magic b"EFDL", are refused by name)
     flags          1 byte   bits 0-1: codec, CODEC_MODEL (tensor-aware) or CODEC_GENERIC (no tensor ops)
                             bit 2: the patch has a base
                             bits 3-4: literal section method (LITERAL_STORED, LITERAL_ZSTD, LITERAL_MODEL)
                             bit 5: the control section is zstd-compressed (else stored)
                             bits 6-7: zero
-    result_sha256  32 bytes
+    result_sha256  8 bytes  the first DIGEST_BYTES of the result's sha256
     result_length  varint
-    base_sha256    32 bytes only with a base
+    base_sha256    8 bytes  only with a base: the first DIGEST_BYTES of the base's sha256
     base_length    varint   only with a base: zigzag(base_length - result_length)
     control_length varint   bytes of the control section
     literal_length varint   bytes of the literal section
     (the tensor data section is the rest of the file)
+
+The digests are truncated (version 3; version 2 carried all 32 bytes of each) because they only catch
+accidents: a patch applied to the wrong base, or a rebuild gone wrong. They cannot authenticate anything,
+since whoever writes a patch writes its digests too; authenticity comes from the signed TUF metadata, which
+names the patch's whole sha256 and length and the result's whole sha256, and the agent checks the rebuilt
+model against the latter. For an accident a 64-bit tag misses one case in 2**64. The 48 bytes saved were
+the one cost a generic tool (``zstd --patch-from``, xdelta3) does not pay, and on a metadata-only release,
+where a patch is a hundred-odd bytes of new text, they made ours lose to zstd on small models.
 
 zstd frames in patches are magic-less (``zstandard.FORMAT_ZSTD1_MAGICLESS``), without checksum, content
 size or dictionary id: small patches are all overhead otherwise.
@@ -66,7 +75,12 @@ from typing import Protocol
 from ota.core.delta.errors import DeltaInputError, PatchCorruptError, PatchFormatError
 
 MAGIC = b"EF"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# Version 2: the same layout with whole (32-byte) digests; read, never written.
+_FORMAT_V2 = 2
+#: Bytes of each sha256 a version-3 header keeps (see the module docstring).
+DIGEST_BYTES = 8
+_DIGEST_BYTES_V2 = 32
 # Version 1 began with a four-byte magic; recognised only to name it in the error.
 _MAGIC_V1 = b"EFDL"
 
@@ -250,11 +264,13 @@ class PatchHeader:
     """What a patch promises: its format, its base and its result.
 
     Attributes:
-        version: Format version (``FORMAT_VERSION``).
+        version: Format version (``FORMAT_VERSION``, or 2 for an older patch).
         codec: ``"model-aware"`` (tensor-aware operations) or ``"generic"`` (copies and literals only).
-        base_sha256: Hex sha256 of the base the patch applies to, or ``None`` for a full (no-base) patch.
+        base_sha256: Hex prefix of the sha256 of the base the patch applies to (``DIGEST_BYTES`` bytes; the
+            whole digest in version 2), or ``None`` for a full (no-base) patch. Compare with
+            :func:`digest_matches`.
         base_length: Length in bytes of that base, or ``None`` for a full patch.
-        result_sha256: Hex sha256 of the file the patch rebuilds.
+        result_sha256: Hex prefix of the sha256 of the file the patch rebuilds (as ``base_sha256``).
         result_length: Length in bytes of the file the patch rebuilds.
         control_length: Bytes of the control section.
         literal_length: Bytes of the literal section.
@@ -296,6 +312,11 @@ class PatchHeader:
     def literal_method_id(self) -> int:
         """LITERAL_STORED, LITERAL_ZSTD or LITERAL_MODEL."""
         return next(key for key, name in SECTION_NAMES.items() if name == self.literal_method)
+
+
+def digest_matches(hexdigest: str, promised: str) -> bool:
+    """Whether a whole hex sha256 matches the (possibly truncated) one a header promises."""
+    return len(promised) >= 2 * DIGEST_BYTES and hexdigest.startswith(promised)
 
 
 def encode_varint(value: int) -> bytes:
@@ -457,6 +478,8 @@ def encode_header(
     """
     if len(result_sha256) != 32 or (base_sha256 is not None and len(base_sha256) != 32):
         raise ValueError("sha256 digests must be 32 bytes")
+    result_sha256 = result_sha256[:DIGEST_BYTES]
+    base_sha256 = None if base_sha256 is None else base_sha256[:DIGEST_BYTES]
     if (base_sha256 is None) != (base_length is None):
         raise ValueError("base_sha256 and base_length go together")
     if codec not in CODEC_NAMES or literal_method not in SECTION_NAMES or control_method not in (0, 1):
@@ -495,10 +518,12 @@ def parse_header(prefix: bytes, *, file_length: int) -> PatchHeader:
     if len(prefix) < 4:
         raise PatchCorruptError("patch header is truncated")
     version, flags = prefix[2], prefix[3]
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, _FORMAT_V2):
         raise PatchFormatError(
-            f"patch format version {version} is not supported (this build reads {FORMAT_VERSION})"
+            f"patch format version {version} is not supported "
+            f"(this build reads {_FORMAT_V2} and {FORMAT_VERSION})"
         )
+    digest_bytes = DIGEST_BYTES if version == FORMAT_VERSION else _DIGEST_BYTES_V2
     codec = flags & _FLAG_CODEC_MASK
     literal_method = (flags & _FLAG_LITERAL_MASK) >> _FLAG_LITERAL_SHIFT
     if codec not in CODEC_NAMES:
@@ -508,17 +533,17 @@ def parse_header(prefix: bytes, *, file_length: int) -> PatchHeader:
     if flags & _FLAG_RESERVED:
         raise PatchFormatError(f"unknown patch header flags 0x{flags:02x}")
     position = 4
-    if len(prefix) < position + 32:
+    if len(prefix) < position + digest_bytes:
         raise PatchCorruptError("patch header is truncated inside the result sha256")
-    result_hex = prefix[position : position + 32].hex()
-    result_length, position = decode_varint(prefix, position + 32)
+    result_hex = prefix[position : position + digest_bytes].hex()
+    result_length, position = decode_varint(prefix, position + digest_bytes)
     base_hex: str | None = None
     base_length: int | None = None
     if flags & _FLAG_HAS_BASE:
-        if len(prefix) < position + 32:
+        if len(prefix) < position + digest_bytes:
             raise PatchCorruptError("patch header is truncated inside the base sha256")
-        base_hex = prefix[position : position + 32].hex()
-        base_delta, position = decode_varint(prefix, position + 32)
+        base_hex = prefix[position : position + digest_bytes].hex()
+        base_delta, position = decode_varint(prefix, position + digest_bytes)
         base_length = result_length + unzigzag(base_delta)
         if base_length < 0:
             raise PatchCorruptError(f"patch header gives the base a negative length ({base_length})")

@@ -188,13 +188,19 @@ class LiveServer:
     admin_token: str
     provisioning_token: str
     ctx: Any
+    # None: a real server on a socket; else the in-process transport that serves the app (in_process.py).
+    transport: httpx.BaseTransport | None = None
 
     @property
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+        return httpx.Client(base_url=self.url, timeout=30, transport=self.transport)
+
+    def agent_transport(self) -> httpx.BaseTransport:
+        """What the agent's client should send through to reach this server."""
+        return self.transport if self.transport is not None else httpx.HTTPTransport()
 
     def publish(self, data: bytes, *, model: str, version: str, profile: str) -> dict[str, Any]:
         with self.http() as http:
@@ -242,16 +248,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def serve_ota(
-    home: Path, *, port: int, public_base_url: str | None = None, label: str = "edge-it"
-) -> Iterator[LiveServer]:
-    """Run the real OTA server (SQLite + local blobs) on uvicorn in a thread, on ``port``, until exit."""
-    from ota.server.context import build_context
+def server_settings(home: Path, *, port: int, public_base_url: str | None = None) -> Any:
+    """The OTA server settings of the edge tests (both tiers): fast ticks, no soak, no jitter."""
     from ota.server.settings import load_settings
-    from ota.server.testing import serve_in_thread
 
-    settings = load_settings(
+    return load_settings(
         home=home,
         token_secret="edge-integration-secret",
         port=port,
@@ -263,7 +264,17 @@ def serve_ota(
         # Tests run on a fast clock: phases need their successes, not a minute's soak.
         rollout_min_soak_seconds=0,
     )
-    ctx = build_context(settings)
+
+
+@contextmanager
+def serve_ota(
+    home: Path, *, port: int, public_base_url: str | None = None, label: str = "edge-it"
+) -> Iterator[LiveServer]:
+    """Run the real OTA server (SQLite + local blobs) on uvicorn in a thread, on ``port``, until exit."""
+    from ota.server.context import build_context
+    from ota.server.testing import serve_in_thread
+
+    ctx = build_context(server_settings(home, port=port, public_base_url=public_base_url))
     with serve_in_thread(ctx, label=label) as served:
         yield LiveServer(served.url, home, served.admin_token, served.provisioning_token, ctx)
 

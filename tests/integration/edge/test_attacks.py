@@ -1,6 +1,10 @@
 """Attack suite: a compromised server or a man in the middle serves bad data; the agent must refuse it,
 keep its current model, and report an attack.
 
+One table of rows, two tiers: here against the real server on a socket (uvicorn), and in
+``tests/unit/edge/test_attacks_in_process.py`` against the same app in-process (no socket), which imports
+these tests and overrides the ``ota_server`` fixture.
+
 Each row starts from a device running release 1 (installed honestly from the real OTA server), then
 offers release 2 through a :class:`Mitm` httpx transport that rewrites what the server sends. Forged
 metadata and assignments are signed with the server's own keys where the attack needs valid signatures
@@ -104,7 +108,8 @@ def _is(path_part: str) -> Callable[[httpx.Request], bool]:
 
 @pytest.fixture
 def scene(ota_server: LiveServer, tmp_path: Path) -> Scene:
-    mitm = Mitm()
+    # The same rows run here over a socket and in tests/unit/edge/test_attacks_in_process.py in-process.
+    mitm = Mitm(inner=ota_server.agent_transport())
     client = httpx.Client(transport=mitm, follow_redirects=True, timeout=httpx.Timeout(5.0, connect=5.0))
     config = AgentConfig(
         poll_interval_min_s=0.1,

@@ -27,6 +27,7 @@ from ota.core.delta.format import (
     CHUNK_CHANGED_WORDS,
     CHUNK_DENSE,
     CHUNK_WORD_SPARSE,
+    DIGEST_BYTES,
     LITERAL_MODEL,
     LITERAL_ZSTD,
     OP_TENSOR,
@@ -62,13 +63,13 @@ def _field_offsets(patch: bytes) -> dict[str, tuple[int, int]]:
     """(offset, length) of each header field of a delta patch (base present)."""
     header = read_header_bytes(patch)
     assert header.base_length is not None
-    fields = {"magic": (0, 2), "version": (2, 1), "flags": (3, 1), "result_sha256": (4, 32)}
-    position = 36
+    fields = {"magic": (0, 2), "version": (2, 1), "flags": (3, 1), "result_sha256": (4, DIGEST_BYTES)}
+    position = 4 + DIGEST_BYTES
     length = len(encode_varint(header.result_length))
     fields["result_length"] = (position, length)
     position += length
-    fields["base_sha256"] = (position, 32)
-    position += 32
+    fields["base_sha256"] = (position, DIGEST_BYTES)
+    position += DIGEST_BYTES
     for name, value in [
         ("base_length", 2 * (header.base_length - header.result_length)),  # zigzag of a non-negative delta
         ("control_length", header.control_length),

@@ -12,10 +12,12 @@ from ota.core.delta.errors import DeltaError, PatchCorruptError, PatchFormatErro
 from ota.core.delta.format import (
     CODEC_GENERIC,
     CODEC_MODEL,
+    DIGEST_BYTES,
     FORMAT_VERSION,
     LITERAL_MODEL,
     LITERAL_STORED,
     LITERAL_ZSTD,
+    MAGIC,
     OP_COPY,
     OP_COPY_NEXT,
     OP_LITERAL,
@@ -27,10 +29,12 @@ from ota.core.delta.format import (
     decode_operation_head,
     decode_tensor_byte,
     decode_varint,
+    digest_matches,
     encode_copy,
     encode_header,
     encode_literal,
     encode_tensor,
+    encode_varint,
     literal_prime,
     parse_header,
     unzigzag,
@@ -78,9 +82,11 @@ def test_header_roundtrip(
     parsed = parse_header(header, file_length=total)
     assert parsed.version == FORMAT_VERSION
     assert parsed.codec_id == codec
-    assert parsed.base_sha256 == (base_digest.hex() if base_digest else None)
+    assert parsed.base_sha256 == (base_digest[:DIGEST_BYTES].hex() if base_digest else None)
     assert parsed.base_length == (base_length if has_base else None)
-    assert parsed.result_sha256 == hashlib.sha256(b"result").hexdigest()
+    assert parsed.result_sha256 == hashlib.sha256(b"result").hexdigest()[: 2 * DIGEST_BYTES]
+    assert digest_matches(hashlib.sha256(b"result").hexdigest(), parsed.result_sha256)
+    assert not digest_matches(hashlib.sha256(b"other").hexdigest(), parsed.result_sha256)
     assert parsed.result_length == result_length
     assert (parsed.control_length, parsed.literal_length, parsed.data_length) == (
         control_length,
@@ -98,7 +104,8 @@ def test_header_roundtrip(
 
 
 def test_metadata_patch_header_is_small() -> None:
-    # Magic, version, flags, two digests, and four varints: 75 bytes for a 1 MB model's metadata patch.
+    # Magic, version, flags, two 8-byte digest prefixes and four varints: 27 bytes for a 1 MB model's
+    # metadata patch (75 in format version 2, whose whole digests made it lose to zstd --patch-from).
     header = encode_header(
         codec=CODEC_MODEL,
         base_sha256=bytes(32),
@@ -109,7 +116,7 @@ def test_metadata_patch_header_is_small() -> None:
         literal_length=75,
         literal_method=LITERAL_MODEL,
     )
-    assert len(header) == 2 + 1 + 1 + 32 + 3 + 32 + 2 + 1 + 1
+    assert len(header) == 2 + 1 + 1 + 8 + 3 + 8 + 2 + 1 + 1
 
 
 def test_bad_magic_and_versions_are_format_errors() -> None:
@@ -124,10 +131,20 @@ def test_bad_magic_and_versions_are_format_errors() -> None:
     )
     with pytest.raises(PatchFormatError, match="bad magic"):
         parse_header(b"PK" + header[2:], file_length=len(header) + 1)
-    with pytest.raises(PatchFormatError, match="version 3"):
-        parse_header(header[:2] + b"\x03" + header[3:], file_length=len(header) + 1)
+    with pytest.raises(PatchFormatError, match="version 4"):
+        parse_header(header[:2] + b"\x04" + header[3:], file_length=len(header) + 1)
     with pytest.raises(PatchFormatError, match="version 1"):
         parse_header(b"EFDL\x01\x01\x00" + bytes(40), file_length=100)
+
+
+def test_version_2_headers_with_whole_digests_are_still_read() -> None:
+    result, base = hashlib.sha256(b"result").digest(), hashlib.sha256(b"base").digest()
+    v2 = MAGIC + bytes([2, CODEC_MODEL | 0x04]) + result + encode_varint(10) + base + encode_varint(0)
+    v2 += encode_varint(1) + encode_varint(0)
+    parsed = parse_header(v2, file_length=len(v2) + 1)
+    assert parsed.version == 2 and parsed.result_sha256 == result.hex() and parsed.base_sha256 == base.hex()
+    assert parsed.result_length == 10 and parsed.base_length == 10 and parsed.header_length == len(v2)
+    assert digest_matches(result.hex(), parsed.result_sha256)
 
 
 @given(length=st.integers(1, 2**40), delta=st.integers(-(2**40), 2**40))

@@ -21,6 +21,7 @@ from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Tar
 
 from ota.core.manifest import Assignment, TargetRef, format_time, sign_assignment
 from ota.core.signing import generate_ed25519_signer, key_to_dict
+from ota.core.targets import ModelTargetCustom, tuf_fields
 from ota.edge.agent import Agent
 from ota.edge.config import AgentConfig
 from ota.edge.health import HealthResult
@@ -65,6 +66,10 @@ class DeviceServerSimulator:
             root.add_key(self.tuf_signer.public_key, role)
         targets = Targets(expires=expires)
         target = TargetFile.from_data(TARGET_NAME, self.model)
+        # The custom fields the real server signs (ota.core.targets); the agent refuses a target without them.
+        target.unrecognized_fields.update(
+            tuf_fields(ModelTargetCustom(model="m", version="1", profile=PROFILE, release_id="r1"))
+        )
         targets.targets[TARGET_NAME] = target
         snapshot = Snapshot(expires=expires)
         snapshot.meta["targets.json"] = MetaFile(version=1)
