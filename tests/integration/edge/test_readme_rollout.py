@@ -86,7 +86,9 @@ def test_the_readme_rollout_example_stages(ota_server: LiveServer, tmp_path: Pat
             f"{entry['at'][11:19]} → phase {entry['details']['phase']}: {entry['details']['reason']}"
         )
     print("\n".join(["README rollout timeline:", *timeline]))
-    # The soak held each phase: the rollout's start and its advances are at least the soak apart.
+    # The soak held each phase: the rollout's start and its advances are at least the soak apart. Audit
+    # entries are stamped when written, a few ms after the phase clock the soak is measured from (a loaded
+    # machine saw 1.98 s between two entries of a 2 s soak), hence the 0.1 s allowance.
     created = next(e for e in entries if e["action"] == "rollout.create")
     moments = [datetime.fromisoformat(e["at"]) for e in [created, *advances]]
-    assert all((b - a).total_seconds() >= 2.0 for a, b in itertools.pairwise(moments)), moments
+    assert all((b - a).total_seconds() >= 1.9 for a, b in itertools.pairwise(moments)), moments
