@@ -35,7 +35,7 @@ from ml.prune import prune_report, prune_structured, prune_unstructured
 from ml.quantize import export_qat, prepare_qat, quantize_dynamic_int8, quantize_static_int8
 from ml.report import write_atomic
 from ml.train import fit_splits
-from ml.warmstart import INT8_KINDS, save_net
+from ml.warmstart import INT8_KINDS, can_save, save_net
 
 MANIFEST = "variants.json"
 Log = Callable[[str], None]
@@ -162,7 +162,7 @@ def build_variants(
         path = export_onnx(model, folder / f"{name}.onnx", shape)
         parity[name] = check_parity(model, path, splits.x_test).max_abs_diff
         files[name] = (path.name, None, "fp32")
-        if isinstance(model, ConvNet):  # other architectures have no weights card yet: no init_from for them
+        if can_save(model):  # any ml.arch-built net: init_from can fine-tune it
             save_net(model, folder, name, variant=name, splits=splits)
             weights[name] = name
 
