@@ -131,6 +131,9 @@ class QuantizeConfig(_Section):
     calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
     calibration_size: int = Field(256, ge=1)
     per_channel: bool = True
+    static: bool = Field(
+        True, description="Static INT8 variants (teacher and students); false: FP32 only (e.g. GPU targets)."
+    )
     dynamic: bool = True
     qat: bool = True
     qat_train: TrainConfig = TrainConfig(epochs=2, lr=5e-4, patience=2)

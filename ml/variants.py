@@ -167,12 +167,13 @@ def build_variants(
             weights[name] = name
 
     prefix = student_name.removesuffix("-fp32")
-    static_parents = ["teacher-fp32"]
+    static_parents = ["teacher-fp32"] if quantize.static else []
     if "int8-static" in kinds:
         static_parents.append(student_name)
     if prune is not None and "int8-static" in kinds:
         static_parents.append("student-structured-fp32")
-    log(f"static INT8 (QDQ, {quantize.calibration_method}, {quantize.calibration_size} training samples)")
+    if static_parents:
+        log(f"static INT8 (QDQ, {quantize.calibration_method}, {quantize.calibration_size} training samples)")
     for parent in static_parents:
         name = parent.removesuffix("-fp32") + "-int8-static"
         path = quantize_static_int8(
@@ -240,7 +241,7 @@ def build_variants(
 
 def _configured_kinds(quantize: QuantizeConfig) -> tuple[str, ...]:
     return (
-        "int8-static",
+        *(("int8-static",) if quantize.static else ()),
         *(("int8-dynamic",) if quantize.dynamic else ()),
         *(("int8-qat",) if quantize.qat else ()),
     )
