@@ -7,8 +7,15 @@ student to static INT8 with ONNX Runtime (the pipeline's QDQ path). Prints teach
 and INT8 accuracies (mean ± std over seeds), the INT8 drop against its FP32 parent (goal ≤ 1.0 pp) and wall
 times.
 
+Every training run recomputes the BatchNorm statistics before validation (``ml.batchnorm``, through
+``ml.train.fit``): without that, MobileNetV3's BatchNorm momentum of 0.01 leaves eval mode at chance after a
+short run.
+
 Run: ``.venv/bin/python bench/byom_accuracy.py --images 12000 --seeds 3`` (the issue's full size: ≥ 10k
 images, 3 seeds; hours on a small CPU). ``--images 600 --seeds 1 --epochs 2`` is a smoke run of a few minutes.
+On a GPU: ``--device cuda --precision bf16 --threads 16`` (``bench/gpu_byom.sh`` runs it on the borrowed H200;
+ONNX export, INT8 calibration and scoring stay on the CPU, as in the pipeline). ``--npz FILE`` reads the
+glyph set from a file (the one generated here, so another machine's fonts do not change the data).
 """
 
 from __future__ import annotations
@@ -27,8 +34,8 @@ from rich.table import Table
 
 from ml import synthetic
 from ml.arch import build_model
-from ml.config import TrainConfig
 from ml.data import load_npz, resize_to, split
+from ml.device import resolve_runtime
 from ml.distill import DistillConfig, distill, train_label_only
 from ml.evaluate import score_variant
 from ml.export import export_onnx
@@ -43,19 +50,34 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=12000, help="glyph images in all (10 classes)")
     parser.add_argument("--seeds", type=int, default=3, help="student seeds (KD and label-only each)")
     parser.add_argument("--epochs", type=int, default=8, help="teacher and student epochs")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU and ONNX Runtime threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (training only)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="on CUDA")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument(
+        "--optimizer", default="sgd", choices=("sgd", "adam"), help="students' optimiser (the teacher: adam)"
+    )
+    parser.add_argument("--lr", type=float, default=None, help="students' peak lr (sgd 0.2, adam 2e-3)")
     parser.add_argument("--cache", type=Path, default=Path(".edgefleet/datasets"))
+    parser.add_argument("--npz", type=Path, default=None, help="a glyph .npz to read instead of --cache")
     args = parser.parse_args()
+    student_lr = args.lr if args.lr is not None else (0.2 if args.optimizer == "sgd" else 2e-3)
 
     console = Console(width=160)
     torch.set_num_threads(args.threads)
+    runtime = resolve_runtime(args.device, args.precision)
     started = time.perf_counter()
-    raw_x, raw_y, names = load_npz(synthetic.cached_npz(args.cache, n_per_class=math.ceil(args.images / 10)))
+    npz = args.npz or synthetic.cached_npz(args.cache, n_per_class=math.ceil(args.images / 10))
+    raw_x, raw_y, names = load_npz(npz)
+    if len(raw_y) < args.images:
+        parser.error(f"{npz} holds {len(raw_y)} images, fewer than --images {args.images}")
     keep = np.random.default_rng(0).permutation(len(raw_y))[: args.images]
     data = split(resize_to(raw_x[keep], SHAPE), raw_y[keep], names, name="synthetic-glyphs-64rgb", seed=0)
     console.print(
         f"synthetic-glyphs at {SHAPE}: {len(data.y_train)} train / {len(data.y_val)} val / "
-        f"{len(data.y_test)} test, {args.epochs} epochs, {args.seeds} seed(s), {args.threads} thread(s); "
+        f"{len(data.y_test)} test, {args.epochs} epochs, {args.seeds} seed(s), {args.threads} thread(s), "
+        f"training on {runtime.device} {runtime.precision} {runtime.gpu_name}, students {args.optimizer} "
+        f"lr {student_lr}; "
         f"data ready in {time.perf_counter() - started:.0f} s"
     )
     times: dict[str, float] = {}
@@ -63,7 +85,8 @@ def main() -> None:
     seed_everything(0)
     teacher = build_model("torchvision:resnet18", role="teacher", input_shape=SHAPE, num_classes=10)
     began = time.perf_counter()
-    fit_splits(teacher, data, TrainConfig(epochs=args.epochs, lr=1e-3, batch_size=128, patience=3, seed=0))
+    teacher_settings = DistillConfig(epochs=args.epochs, lr=1e-3, batch_size=args.batch, patience=3, seed=0)
+    fit_splits(teacher, data, teacher_settings, runtime=runtime)
     times["teacher"] = time.perf_counter() - began
     teacher_acc = accuracy(teacher, data.x_test, data.y_test)
     console.print(f"teacher ResNet-18: {100 * teacher_acc:.2f} % in {times['teacher']:.0f} s")
@@ -73,8 +96,9 @@ def main() -> None:
     for seed in range(args.seeds):
         settings = DistillConfig(
             epochs=args.epochs,
-            lr=2e-3,
-            batch_size=128,
+            lr=student_lr,
+            optimizer=args.optimizer,
+            batch_size=args.batch,
             patience=3,
             seed=seed,
             student_layer="features.9",
@@ -87,9 +111,9 @@ def main() -> None:
             )
             began = time.perf_counter()
             if kind == "kd":
-                distill(student, teacher, data, settings)
+                distill(student, teacher, data, settings, runtime=runtime)
             else:
-                train_label_only(student, data, settings)
+                train_label_only(student, data, settings, runtime=runtime)
             times[kind] += time.perf_counter() - began
             rows[kind].append(accuracy(student, data.x_test, data.y_test))
             if kind == "kd":
@@ -111,7 +135,10 @@ def main() -> None:
         spread = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
         return f"{100 * statistics.fmean(values):.2f}{spread}"
 
-    table = Table(title=f"ResNet-18 → MobileNetV3-small on synthetic-glyphs 64×64 RGB ({args.images} images)")
+    table = Table(
+        title=f"ResNet-18 → MobileNetV3-small on synthetic-glyphs 64×64 RGB ({args.images} images, "
+        f"{args.epochs} epochs, {runtime.device} {runtime.precision})"
+    )
     for column in ("model", "test accuracy %", "seeds", "wall s"):
         table.add_column(column, justify="left" if column == "model" else "right")
     table.add_row("teacher ResNet-18", f"{100 * teacher_acc:.2f}", "1", f"{times['teacher']:.0f}")

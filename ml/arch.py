@@ -45,6 +45,8 @@ ACCEPTED_FORMS = (
     "timm:NAME (needs the optional extra: pip install 'edgefleet[timm]')",
     "package.module:callable (your own factory returning an nn.Module, called with kwargs)",
 )
+ARCH_ATTR = "_edgefleet_arch"
+"""Attribute :func:`build_model` sets on every module it builds: ``{"arch": ..., "kwargs": ...}``."""
 _CALLABLE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
@@ -174,6 +176,7 @@ def build_model(
     """
     ref = parse_arch(arch)
     options = dict(kwargs or {})
+    given = dict(options)
     if "num_classes" in options:
         raise ArchError(f"{arch}: do not set num_classes in kwargs; it comes from the data ({num_classes})")
     channels = int(input_shape[0])
@@ -208,7 +211,18 @@ def build_model(
     except (TypeError, ValueError) as exc:  # a constructor rejecting a kwarg or a value
         raise ArchError(f"cannot build {arch} with kwargs {options}: {exc}") from exc
     _check_output(model, arch, input_shape, num_classes)
+    # Remembered on the module (deep copies, pruned copies and pickles keep it), so ml.warmstart can write a
+    # weights card that rebuilds it for init_from.
+    setattr(model, ARCH_ATTR, {"arch": arch, "kwargs": given})
     return model
+
+
+def arch_of(model: nn.Module) -> tuple[str, dict[str, Any]] | None:
+    """``(arch, kwargs)`` that :func:`build_model` built ``model`` from; None for a module made elsewhere."""
+    built = getattr(model, ARCH_ATTR, None)
+    if not isinstance(built, dict) or not isinstance(built.get("arch"), str):
+        return None
+    return built["arch"], dict(built.get("kwargs") or {})
 
 
 def _check_output(model: nn.Module, arch: str, input_shape: tuple[int, int, int], num_classes: int) -> None:

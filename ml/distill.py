@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -61,6 +62,7 @@ class DistillConfig:
         patience: Early-stopping patience in epochs.
         seed: Seed of the adapter's initialisation and of the shuffling order.
         weight_decay: L2 penalty.
+        optimizer: ``adam`` or ``sgd`` (Nesterov momentum 0.9; see ``ml.train.fit``).
         cache_teacher: Compute the teacher's outputs on the training set once instead of every batch.
             Costs N×C_t×H×W float32 of memory: 10 MB on digits, about 0.85 GB on the 28×28
             synthetic set; turn it off to trade that memory for a teacher pass per batch. Ignored (the
@@ -80,6 +82,7 @@ class DistillConfig:
     patience: int = 10
     seed: int = 0
     weight_decay: float = 5e-4
+    optimizer: Literal["adam", "sgd"] = "adam"
     cache_teacher: bool = True
     student_layer: str | None = None
     teacher_layer: str | None = None

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ml.batchnorm import DEFAULT_SAMPLES, recalibrate_batchnorm
 from ml.device import CPU, Runtime
 from ml.errors import TrainingError
 
@@ -205,6 +206,7 @@ def fit(
     schedule: Literal["cosine", "constant"] = "cosine",
     runtime: Runtime | None = None,
     augment: AugmentFn | None = None,
+    bn_samples: int = DEFAULT_SAMPLES,
 ) -> TrainResult:
     """Train ``model`` in place, stop early on validation accuracy and restore the best weights.
 
@@ -215,8 +217,12 @@ def fit(
     Every epoch shuffles the training set, takes optimiser steps on mini-batches (calling ``after_step``
     after each one), then measures validation accuracy. When accuracy has not improved for ``patience``
     epochs in a row (a tie in accuracy with a lower validation loss counts as an improvement), training
-    stops. At the end the weights from the best epoch are loaded back; if no
-    epoch beats the starting weights (e.g. a fine-tune from an already good model), those are kept.
+    stops. Before every validation (and before scoring the starting weights) the BatchNorm running
+    statistics are recomputed from ``bn_samples`` un-augmented training images (``ml.batchnorm``), so
+    eval-mode accuracy, the restored weights and what is exported from them match the trained weights
+    even for nets whose BatchNorm momentum is too slow for a short run (torchvision's MobileNetV3). At
+    the end the weights from the best epoch are loaded back; if no epoch beats the starting weights (e.g.
+    a fine-tune from an already good model), those are kept.
 
     Args:
         model: The network; it must map N×C×H×W float tensors to N×K logits.
@@ -238,6 +244,8 @@ def fit(
         runtime: Device and precision (``ml.device``); the CPU in FP32 by default. On CUDA the model
             trains there (channels-last, autocast in bf16/fp16) and is moved back to the CPU at the end.
         augment: Applied to every training batch before it is moved to the device (validation never).
+        bn_samples: Training images the BatchNorm statistics are recomputed from before each validation;
+            0 keeps the running averages of training as they are.
 
     Returns:
         A :class:`TrainResult`.
@@ -265,6 +273,8 @@ def fit(
         raise TrainingError(f"weight_decay must be ≥ 0, got {weight_decay}")
     if loss_fn is not None and indexed_loss_fn is not None:
         raise TrainingError("give loss_fn or indexed_loss_fn, not both")
+    if bn_samples < 0:
+        raise TrainingError(f"bn_samples must be ≥ 0, got {bn_samples}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("the model has no trainable parameters")
@@ -282,6 +292,7 @@ def fit(
             epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, patience=patience,
             weight_decay=weight_decay, loss_fn=loss_fn, progress=progress, after_step=after_step,
             optimizer=optimizer, indexed_loss_fn=indexed_loss_fn, schedule=schedule, augment=augment,
+            bn_samples=bn_samples,
         )  # fmt: skip
     finally:
         if rt.is_cuda:
@@ -311,6 +322,7 @@ def _fit_loop(
     indexed_loss_fn: IndexedLossFn | None,
     schedule: str,
     augment: AugmentFn | None,
+    bn_samples: int,
 ) -> TrainResult:
     """The epochs of :func:`fit` on an already placed model (see there)."""
     num_classes = _num_outputs(model, xt[:1].to(rt.device))
@@ -340,9 +352,17 @@ def _fit_loop(
     generator = torch.Generator().manual_seed(seed)
     scaler = torch.amp.GradScaler("cuda", enabled=rt.is_cuda and rt.precision == "fp16")
 
-    best_state = _snapshot(model)
+    x_train = xt.numpy()
+
+    def validate() -> tuple[float, float]:
+        recalibrate_batchnorm(
+            model, x_train, samples=bn_samples, batch_size=max(batch_size, 2), seed=seed, runtime=rt
+        )
+        return _val_scores(model, x_val, y_val)
+
     # The starting weights are the baseline to beat, so a fine-tune can never make the model worse on val.
-    best_acc, best_loss = _val_scores(model, x_val, y_val)
+    best_acc, best_loss = validate()
+    best_state = _snapshot(model)
     best_epoch = 0
     history: list[dict[str, float]] = []
     stale = 0
@@ -386,7 +406,7 @@ def _fit_loop(
             step += 1
             loss_sum += float(loss.detach()) * len(index)
         train_seconds = time.perf_counter() - started
-        val_acc, val_loss = _val_scores(model, x_val, y_val)
+        val_acc, val_loss = validate()
         row = {
             "epoch": float(epoch),
             "train_loss": loss_sum / len(xt),
@@ -448,6 +468,8 @@ class TrainSettings(Protocol):
     def patience(self) -> int: ...
     @property
     def weight_decay(self) -> float: ...
+    @property
+    def optimizer(self) -> Literal["adam", "sgd"]: ...
 
 
 def fit_splits(
@@ -476,6 +498,7 @@ def fit_splits(
         seed=settings.seed,
         patience=settings.patience,
         weight_decay=settings.weight_decay,
+        optimizer=settings.optimizer,
         loss_fn=loss_fn,
         indexed_loss_fn=indexed_loss_fn,
         progress=progress,

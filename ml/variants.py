@@ -35,7 +35,7 @@ from ml.prune import prune_report, prune_structured, prune_unstructured
 from ml.quantize import export_qat, prepare_qat, quantize_dynamic_int8, quantize_static_int8
 from ml.report import write_atomic
 from ml.train import fit_splits
-from ml.warmstart import INT8_KINDS, save_net
+from ml.warmstart import INT8_KINDS, can_save, save_net
 
 MANIFEST = "variants.json"
 Log = Callable[[str], None]
@@ -162,17 +162,18 @@ def build_variants(
         path = export_onnx(model, folder / f"{name}.onnx", shape)
         parity[name] = check_parity(model, path, splits.x_test).max_abs_diff
         files[name] = (path.name, None, "fp32")
-        if isinstance(model, ConvNet):  # other architectures have no weights card yet: no init_from for them
+        if can_save(model):  # any ml.arch-built net: init_from can fine-tune it
             save_net(model, folder, name, variant=name, splits=splits)
             weights[name] = name
 
     prefix = student_name.removesuffix("-fp32")
-    static_parents = ["teacher-fp32"]
+    static_parents = ["teacher-fp32"] if quantize.static else []
     if "int8-static" in kinds:
         static_parents.append(student_name)
     if prune is not None and "int8-static" in kinds:
         static_parents.append("student-structured-fp32")
-    log(f"static INT8 (QDQ, {quantize.calibration_method}, {quantize.calibration_size} training samples)")
+    if static_parents:
+        log(f"static INT8 (QDQ, {quantize.calibration_method}, {quantize.calibration_size} training samples)")
     for parent in static_parents:
         name = parent.removesuffix("-fp32") + "-int8-static"
         path = quantize_static_int8(
@@ -240,7 +241,7 @@ def build_variants(
 
 def _configured_kinds(quantize: QuantizeConfig) -> tuple[str, ...]:
     return (
-        "int8-static",
+        *(("int8-static",) if quantize.static else ()),
         *(("int8-dynamic",) if quantize.dynamic else ()),
         *(("int8-qat",) if quantize.qat else ()),
     )

@@ -1,4 +1,9 @@
-"""Warm start: store a trained ``ConvNet`` as weights plus a JSON card, load it back, fine-tune it in place.
+"""Warm start: store a trained network as weights plus a JSON card, load it back, fine-tune it in place.
+
+Any architecture ``ml.arch.build_model`` made (EdgeFleet's ``ConvNet``, torchvision, timm, a user's factory)
+can be stored: the card names it (``arch`` + ``kwargs``; a ``ConvNet`` also its ``NetSpec``), and a
+structurally pruned net is rebuilt by building the architecture and resizing its conv/BatchNorm/linear
+layers to the stored weights' shapes (:func:`fit_to_state`) before a strict load.
 
 A registered model version keeps the torch module its ONNX file was made from (for the small profile that is
 the pruned student) and its teacher keeps its own, so a later run with ``init_from`` (``ml.config``) can
@@ -10,8 +15,8 @@ Files, for a stem such as ``model`` or ``teacher``:
 
 - ``<stem>.pt``: the ``state_dict`` written by ``torch.save`` and read back with
   ``torch.load(weights_only=True)``, which unpickles tensors and plain containers only, never code;
-- ``<stem>.json``: the card: architecture (:class:`~ml.nets.NetSpec`; structured pruning changes the
-  widths, so the spec is needed to rebuild the module), class names, input shape, the input
+- ``<stem>.json``: the card: architecture (``arch``/``kwargs``, and for ``edgefleet:cnn`` the
+  :class:`~ml.nets.NetSpec`: structured pruning changes the widths), class names, input shape, the input
   normalisation the net was trained with, its weight sparsity and the sha256 of the ``.pt`` file.
 
 How a fine-tune treats the student (see ``steps/`` and :func:`ml.variants.build_variants`): it is not
@@ -29,7 +34,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from ml.arch import DEFAULT_ARCH, ArchError, arch_of, build_model
 from ml.data import DataSplits
 from ml.errors import WarmStartError
 from ml.files import file_sha256
@@ -59,7 +65,7 @@ class NetCard:
 
     Attributes:
         variant: The FP32 variant the weights are, e.g. ``student-structured-fp32``.
-        spec: Architecture to rebuild the module with.
+        spec: The ``ConvNet`` layout to rebuild the module with; None for other architectures.
         in_channels: Input channels.
         num_classes: Outputs.
         class_names: One name per output.
@@ -70,10 +76,12 @@ class NetCard:
         weights_sha256: sha256 of the ``.pt`` file.
         deployed_variant: For a version's own module: the variant the version ships (e.g.
             ``student-structured-int8-static``), which decides how a fine-tune re-quantizes it.
+        arch: The ``ml.arch`` name (``edgefleet:cnn``, ``torchvision:resnet18``, ...).
+        arch_kwargs: Its constructor kwargs (JSON values).
     """
 
     variant: str
-    spec: NetSpec
+    spec: NetSpec | None
     in_channels: int
     num_classes: int
     class_names: tuple[str, ...]
@@ -83,6 +91,8 @@ class NetCard:
     weight_sparsity: float
     weights_sha256: str
     deployed_variant: str | None = None
+    arch: str = DEFAULT_ARCH
+    arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The card as JSON-able data."""
@@ -90,7 +100,11 @@ class NetCard:
             "format": CARD_FORMAT,
             "variant": self.variant,
             "deployed_variant": self.deployed_variant,
-            "spec": {
+            "arch": self.arch,
+            "kwargs": dict(self.arch_kwargs),
+            "spec": None
+            if self.spec is None
+            else {
                 "widths": list(self.spec.widths),
                 "pools": list(self.spec.pools),
                 "feature_block": self.spec.feature_block,
@@ -117,6 +131,12 @@ class NetCard:
             raise WarmStartError(f"{source}: not an EdgeFleet weights card ({CARD_FORMAT}); found {found!r}")
         try:
             spec = raw["spec"]
+            arch = str(raw.get("arch", DEFAULT_ARCH))  # cards from before other architectures: the CNN
+            kwargs = raw.get("kwargs") or {}
+            if not isinstance(kwargs, Mapping):
+                raise ValueError(f"kwargs must be a mapping, got {type(kwargs).__name__}")
+            if spec is None and arch == DEFAULT_ARCH:
+                raise ValueError("an edgefleet:cnn card needs its spec")
             shape = tuple(int(d) for d in raw["input_shape"])
             if len(shape) != 3:
                 raise ValueError(f"input_shape must have 3 dimensions, got {shape}")
@@ -125,12 +145,16 @@ class NetCard:
                 deployed_variant=None
                 if raw.get("deployed_variant") is None
                 else str(raw["deployed_variant"]),
-                spec=NetSpec(
+                spec=None
+                if spec is None
+                else NetSpec(
                     widths=tuple(int(w) for w in spec["widths"]),
                     pools=tuple(bool(p) for p in spec["pools"]),
                     feature_block=int(spec["feature_block"]),
                     kernel=int(spec["kernel"]),
                 ),
+                arch=arch,
+                arch_kwargs=dict(kwargs),
                 in_channels=int(raw["in_channels"]),
                 num_classes=int(raw["num_classes"]),
                 class_names=tuple(str(n) for n in raw["class_names"]),
@@ -148,7 +172,7 @@ class NetCard:
 class LoadedNet:
     """A module rebuilt from its card and weights."""
 
-    model: ConvNet
+    model: nn.Module
     card: NetCard
 
 
@@ -171,23 +195,46 @@ def weight_sparsity(model: nn.Module) -> float:
     return sum(int((w == 0).sum()) for w in weights) / total if total else 0.0
 
 
-def save_net(model: ConvNet, folder: Path, stem: str, *, variant: str, splits: DataSplits) -> Path:
+def can_save(model: nn.Module) -> bool:
+    """Whether :func:`save_net` can write a card that rebuilds ``model`` (an ``ml.arch``-built module)."""
+    return isinstance(model, ConvNet) or arch_of(model) is not None
+
+
+def save_net(model: nn.Module, folder: Path, stem: str, *, variant: str, splits: DataSplits) -> Path:
     """Write ``<stem>.pt`` (state_dict) and ``<stem>.json`` (card) into ``folder``; return the card's path.
 
     Args:
-        model: The trained module (pruning masks must already be removed).
+        model: The trained module (pruning masks must already be removed): a ``ConvNet`` or any module
+            ``ml.arch.build_model`` built (pruned or not).
         folder: Destination folder (created).
         stem: File stem, e.g. ``student-structured-fp32``.
         variant: The FP32 variant name the module is.
         splits: The data it was trained on (class names, input shape, normalisation).
 
     Raises:
-        WarmStartError: ``model`` still carries pruning masks.
+        WarmStartError: ``model`` still carries pruning masks, was not built by ``ml.arch``, or its
+            kwargs are not JSON values.
         OSError: The folder cannot be written.
     """
     state = model.state_dict()
     if any(key.endswith(("_orig", "_mask")) for key in state):
         raise WarmStartError(f"{variant}: remove pruning masks before saving its weights")
+    built = arch_of(model)
+    kwargs: dict[str, Any]
+    if isinstance(model, ConvNet):
+        spec: NetSpec | None = model.spec
+        arch, kwargs, in_channels, num_classes = DEFAULT_ARCH, {}, model.in_channels, model.num_classes
+    elif built is not None:
+        spec, (arch, kwargs) = None, built
+        in_channels, num_classes = splits.input_shape[0], splits.num_classes
+        try:
+            json.dumps(kwargs)
+        except (TypeError, ValueError) as exc:
+            raise WarmStartError(f"{variant}: {arch} kwargs {kwargs!r} are not JSON values ({exc})") from exc
+    else:
+        raise WarmStartError(
+            f"{variant}: a {type(model).__name__} not built by ml.arch.build_model has no card to rebuild it"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{stem}.pt"
     staged = weights.with_suffix(".pt.part")
@@ -195,9 +242,11 @@ def save_net(model: ConvNet, folder: Path, stem: str, *, variant: str, splits: D
     staged.replace(weights)
     card = NetCard(
         variant=variant,
-        spec=model.spec,
-        in_channels=model.in_channels,
-        num_classes=model.num_classes,
+        spec=spec,
+        arch=arch,
+        arch_kwargs=kwargs,
+        in_channels=in_channels,
+        num_classes=num_classes,
         class_names=splits.class_names,
         input_shape=splits.input_shape,
         channel_mean=splits.channel_mean,
@@ -246,12 +295,86 @@ def load_net(folder: Path, stem: str) -> LoadedNet:
         raise WarmStartError(f"cannot load {weights} as a state_dict: {exc}") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WarmStartError(f"{weights} does not hold a state_dict of tensors")
-    model = build_net(card.spec, in_channels=card.in_channels, num_classes=card.num_classes)
+    model = _rebuild(card, stem)
     try:
+        if card.spec is None:  # a ConvNet's spec already has the (pruned) widths; other nets are resized
+            fit_to_state(model, state)
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, WarmStartError) as exc:
         raise WarmStartError(f"{weights} does not fit the architecture in {stem}.json: {exc}") from exc
+    _probe(model, card, weights)
     return LoadedNet(model=model.eval(), card=card)
+
+
+def _rebuild(card: NetCard, stem: str) -> nn.Module:
+    if card.spec is not None:
+        return build_net(card.spec, in_channels=card.in_channels, num_classes=card.num_classes)
+    try:
+        return build_model(
+            card.arch,
+            role="teacher" if stem == TEACHER_STEM else "student",
+            input_shape=card.input_shape,
+            num_classes=card.num_classes,
+            kwargs=card.arch_kwargs,
+        )
+    except ArchError as exc:
+        raise WarmStartError(f"{stem}.json: cannot rebuild {card.arch}: {exc}") from exc
+
+
+def _probe(model: nn.Module, card: NetCard, weights: Path) -> None:
+    """One forward pass: a resized (pruned) net whose layers no longer chain fails here, not in training."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros((2, *card.input_shape)))
+    except RuntimeError as exc:
+        raise WarmStartError(f"{weights}: the rebuilt {card.arch} does not run: {exc}") from exc
+    if tuple(out.shape) != (2, card.num_classes):
+        raise WarmStartError(f"{weights}: the rebuilt {card.arch} returns {tuple(out.shape)} logits")
+
+
+def fit_to_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Resize ``model``'s layers in place to the shapes in ``state`` (a structurally pruned copy's weights).
+
+    Structured pruning (``ml.prune``, torch-pruning) removes output channels of convs, the matching
+    BatchNorm features and input channels of the layers after them. A freshly built network has the full
+    widths; this gives each Conv2d, BatchNorm and Linear whose stored weight has another shape new, empty
+    parameters and buffers of the stored shapes and updates the size attributes its forward reads
+    (``in_channels``/``out_channels``/``groups``, ``num_features``, ``in_features``/``out_features``), so
+    a strict ``load_state_dict`` fills them. A depthwise conv stays depthwise. Other tensors must already
+    have the stored shape.
+
+    Raises:
+        WarmStartError: A layer of another kind differs in shape.
+    """
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        own = {
+            key: state[prefix + key]
+            for key, value in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            if prefix + key in state and tuple(state[prefix + key].shape) != tuple(value.shape)
+        }
+        if not own:
+            continue
+        if isinstance(module, nn.Conv2d) and "weight" in own:
+            out_channels, per_group = int(own["weight"].shape[0]), int(own["weight"].shape[1])
+            depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+            groups = out_channels if depthwise else module.groups
+            module.in_channels, module.out_channels, module.groups = per_group * groups, out_channels, groups
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.num_features = int(next(iter(own.values())).shape[0])
+        elif isinstance(module, nn.Linear) and "weight" in own:
+            module.out_features, module.in_features = (int(d) for d in own["weight"].shape)
+        else:
+            raise WarmStartError(
+                f"layer {name or '(root)'} ({type(module).__name__}) holds {sorted(own)} of other shapes "
+                "than the stored weights, and only Conv2d, BatchNorm and Linear layers can be resized"
+            )
+        for key, stored in own.items():
+            empty = torch.empty(stored.shape, dtype=stored.dtype)
+            if key in module._parameters:
+                module._parameters[key] = nn.Parameter(empty)
+            else:
+                module._buffers[key] = empty
 
 
 def copy_net(source: Path, stem: str, destination: Path, new_stem: str, **card_changes: Any) -> Path:
@@ -303,11 +426,11 @@ class WarmStart:
         card = self.student.card
         return card.channel_mean, card.channel_std
 
-    def fresh_teacher(self) -> ConvNet:
+    def fresh_teacher(self) -> nn.Module:
         """A copy of the parent's teacher to fine-tune (the loaded one stays as it was)."""
         return copy.deepcopy(self.teacher.model)
 
-    def fresh_student(self) -> ConvNet:
+    def fresh_student(self) -> nn.Module:
         """A copy of the parent's student to fine-tune (the loaded one stays as it was)."""
         return copy.deepcopy(self.student.model)
 

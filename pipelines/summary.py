@@ -7,6 +7,7 @@ imports zenml: an entry point calls ``pipelines.paths.configure_environment`` fi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
@@ -29,8 +30,13 @@ def _last_successful_run(pipeline_name: str) -> Any:
     return runs.items[0]
 
 
-def variants_table(benchmark: list[dict[str, Any]]) -> Table:
-    """Accuracy, size, P50, P99, throughput, and ratios to the PyTorch-eager teacher, per variant."""
+def variants_table(benchmark: list[dict[str, Any]], skipped: Mapping[str, str] | None = None) -> Table:
+    """Accuracy, size, P50, P99, throughput, and ratios to the PyTorch-eager teacher, per variant.
+
+    ``skipped`` (variant → ``"skipped: reason"``, e.g. QAT of a torchvision net) adds a row per variant the
+    config asked for but the network cannot have, with its reason in a last column.
+    """
+    skipped = dict(skipped or {})
     baseline = next(row for row in benchmark if row["name"] == BASELINE)
     table = Table(title="Variants (batch-1 latency on ONNX Runtime; baseline: teacher in PyTorch eager)")
     for column in (
@@ -42,8 +48,9 @@ def variants_table(benchmark: list[dict[str, Any]]) -> Table:
         "samples/s",
         "P50 speed-up",
         "size ratio",
+        *(("note",) if skipped else ()),
     ):
-        table.add_column(column, justify="left" if column == "variant" else "right")
+        table.add_column(column, justify="left" if column in ("variant", "note") else "right")
     for row in benchmark:
         accuracy = row.get("accuracy")
         table.add_row(
@@ -55,8 +62,22 @@ def variants_table(benchmark: list[dict[str, Any]]) -> Table:
             f"{row['throughput_sps']:,.0f}",
             f"{baseline['p50_ms'] / row['p50_ms']:.1f}×",
             f"1/{baseline['size_bytes'] / row['size_bytes']:.1f}",
+            *(("",) if skipped else ()),
         )
+    for name, reason in skipped.items():
+        table.add_row(name, *(["-"] * 7), reason)
     return table
+
+
+def skipped_variants(run: Any) -> dict[str, str]:
+    """Variant → reason for what ``build_variants`` skipped, from its step's run metadata (``skipped.*``)."""
+    step = run.steps.get("build_variants")
+    metadata = getattr(step, "run_metadata", None) or {}
+    return {
+        key.removeprefix("skipped."): str(value)
+        for key, value in metadata.items()
+        if isinstance(key, str) and key.startswith("skipped.")
+    }
 
 
 def print_summary(console: Console, *, pipeline_name: str = "training_pipeline") -> None:
@@ -69,7 +90,7 @@ def print_summary(console: Console, *, pipeline_name: str = "training_pipeline")
     benchmark = run.steps["benchmark_variants"].outputs["benchmark"][0].load()
     registered = run.steps["register_models"].outputs["registered_versions"][0].load()
     console.print(f"ZenML run [bold]{run.name}[/] ({run.id})")
-    console.print(variants_table(benchmark))
+    console.print(variants_table(benchmark, skipped_variants(run)))
     versions = Table(title="Registered in MLflow")
     for column in ("profile", "registered model", "version", "variant", "aliases", "new"):
         versions.add_column(column)

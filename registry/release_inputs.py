@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ml.config import DataConfig
-from ml.data import load_dataset, split
+from ml.data import load_splits
 from ota.core.selftest import save_vectors
 from registry.fetch import VersionFacts, fetch_model, parse_model_uri
 
@@ -36,15 +36,16 @@ def selftest_inputs(data: DataConfig, count: int) -> np.ndarray:
     Raises:
         DataError: The data set cannot be loaded or split.
     """
-    x, y, names = load_dataset(data.source)
-    splits = split(
-        x,
-        y,
-        names,
-        name=data.source,
+    # The preprocessing the model was trained with: a BYOM model at data.input_size (e.g. 3×32×32 from 8×8
+    # digits) refuses samples of the source's own size. The training split's statistics normalise unless
+    # the config fixes mean/std, as in training.
+    splits = load_splits(
+        data.source,
         val_fraction=data.val_fraction,
         test_fraction=data.test_fraction,
         seed=data.seed,
+        normalization=(data.mean, data.std) if data.mean is not None and data.std is not None else None,
+        input_size=data.input_size,
     )
     return np.ascontiguousarray(splits.x_test[:count], dtype=np.float32)
 

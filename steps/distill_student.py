@@ -38,6 +38,7 @@ def _distill_config(section: DistillSection, teacher_layer: str | None = None) -
         patience=train.patience,
         seed=train.seed,
         weight_decay=train.weight_decay,
+        optimizer=train.optimizer,
         student_layer=section.feature_layer,
         teacher_layer=teacher_layer,
     )

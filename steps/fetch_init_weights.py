@@ -41,11 +41,11 @@ def fetch_init_weights(init_from: str) -> Annotated[Path, "init_weights"]:
     warm = load_warm_start(folder)  # fails here, clearly, rather than halfway through training
     card = warm.student.card
     logger.info(
-        "fine-tuning from %s (%s): student %s widths %s, ships %s; teacher %s",
+        "fine-tuning from %s (%s): student %s (%s), ships %s; teacher %s",
         fetched.facts.model_uri,
         init_from,
         card.variant,
-        list(card.spec.widths),
+        f"widths {list(card.spec.widths)}" if card.spec is not None else card.arch,
         card.deployed_variant,
         fetched.teacher_model_id,
     )

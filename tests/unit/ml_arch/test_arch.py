@@ -33,7 +33,7 @@ from ml.evaluate import make_session
 from ml.export import check_parity, export_onnx
 from ml.prune import prune_structured
 from ml.quantize import quantize_static_int8
-from ml.train import fit, seed_everything
+from ml.train import fit, predict, seed_everything
 
 SHAPE = (3, 32, 32)
 CLASSES = 4
@@ -84,7 +84,10 @@ def test_arch_builds_trains_exports_quantizes_and_benchmarks(
     graph = onnx.load(str(fp32)).graph
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"  # dynamic batch axis
     parity = check_parity(model, fp32, x[32:])
-    assert parity.max_abs_diff < 1e-3
+    # Relative to the logits' scale: BatchNorm statistics recomputed from 32 images (ml.batchnorm) leave an
+    # untrained EfficientNet with logits in the hundreds, where float32 rounding alone differs by ~1e-5.
+    scale = max(1.0, float(np.abs(predict(model, x[32:])).max()))
+    assert parity.max_abs_diff < 1e-4 * scale
     int8 = quantize_static_int8(fp32, tmp_path / "model-int8.onnx", x[:32], calibration_size=16)
     ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops

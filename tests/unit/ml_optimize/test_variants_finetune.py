@@ -120,3 +120,19 @@ def test_bad_student_names_and_kinds_are_refused(
             quantize=QUANTIZE,
             **change,
         )
+
+
+def test_static_false_builds_fp32_variants_only(tmp_path: Path) -> None:
+    """quantize.static: false (with dynamic and QAT off) leaves only FP32 variants to ship."""
+    x, y, names = load_digits()
+    teacher, student = _nets()
+    manifest = build_variants(
+        teacher=teacher,
+        student=student,
+        splits=split(x, y, names, name="digits", seed=0),
+        folder=tmp_path,
+        prune=None,
+        quantize=QuantizeConfig(static=False, dynamic=False, qat=False),
+    )
+    assert {v.name for v in manifest.variants} == {"teacher-fp32", "student-fp32"}
+    assert {v.kind for v in manifest.variants} == {"fp32"}

@@ -121,3 +121,14 @@ def test_release_config_refuses_unknown_keys_and_bad_thresholds() -> None:
         ReleasePipelineConfig.model_validate({"rollout": {"failure_threshold": 2}})
     with pytest.raises(ValueError):
         ReleasePipelineConfig.model_validate({"operator_token": "nope"})
+
+
+def test_selftest_inputs_have_the_training_preprocessing() -> None:
+    """A BYOM model trained at data.input_size gets vectors of that size (the digits are 1×8×8 raw)."""
+    from ml.config import DataConfig
+    from registry.release_inputs import selftest_inputs
+
+    raw = selftest_inputs(DataConfig(source="digits"), 4)
+    resized = selftest_inputs(DataConfig(source="digits", input_size=(3, 16, 16)), 4)
+    assert raw.shape == (4, 1, 8, 8)
+    assert resized.shape == (4, 3, 16, 16) and resized.dtype == np.float32
