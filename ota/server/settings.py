@@ -135,6 +135,8 @@ class ServerSettings(BaseSettings):
     # /metrics needs an operator token with the read scope unless this is true.
     metrics_public: bool = False
     rollout_tick_interval: float = Field(default=10.0, gt=0)
+    # How often each process looks for bulk assignment jobs (queued by rollout changes) to work on.
+    assignment_job_interval: float = Field(default=1.0, gt=0)
     # Default phases of a rollout when the API or CLI gives none (EDGEFLEET_ROLLOUT_PHASES='[1,10,50,100]'),
     # and what each phase needs before it advances when the request leaves it out: a soak time and real
     # successes (at least one, and a share of the phase's cohort). Safe by default: see rollout_machine.

@@ -94,9 +94,9 @@ def test_migrate_says_what_it_did_and_bootstrap_token(
 
     monkeypatch.setenv("EDGEFLEET_HOME", str(tmp_path / "home"))
     first = TyperRunner().invoke(app, ["server", "migrate"])
-    assert first.exit_code == 0 and "created the schema at revision 0002" in first.output, first.output
+    assert first.exit_code == 0 and "created the schema at revision 0003" in first.output, first.output
     again = TyperRunner().invoke(app, ["server", "migrate"])
-    assert again.exit_code == 0 and "already at revision 0002" in again.output, again.output
+    assert again.exit_code == 0 and "already at revision 0003" in again.output, again.output
     token = TyperRunner().invoke(app, ["server", "bootstrap-token"])
     assert token.exit_code == 0 and token.stdout.strip().splitlines()[-1].startswith("efo_"), token.output
     assert TyperRunner().invoke(app, ["--version"]).output.startswith("edgefleet ")
