@@ -305,7 +305,7 @@ def _open_jobs(sessions: sessionmaker[Session]) -> Iterator[int]:
         after = job_id
 
 
-def _prepare(sessions: sessionmaker[Session], job_id: int) -> bool:
+def _prepare(sessions: sessionmaker[Session], job_id: int, chunk: int) -> bool:
     """Split a new job into slices (once), or close it when a newer job covers it. False: nothing to do."""
     with transaction(sessions) as session:
         job = session.scalar(select(AssignmentJob).where(AssignmentJob.id == job_id).with_for_update())
@@ -332,7 +332,7 @@ def _prepare(sessions: sessionmaker[Session], job_id: int) -> bool:
         _rollout, selector = _job_selector(session, job)
         filters = _device_filters(selector)
         total = int(session.scalar(select(func.count()).select_from(Device).where(*filters)) or 0)
-        step = max(-(-total // SLICES), CHUNK)
+        step = max(-(-total // SLICES), chunk)
         numbered = (
             select(Device.id, func.row_number().over(order_by=Device.id).label("rn"))
             .where(*filters)
@@ -379,21 +379,44 @@ def _work_chunk(ctx: ServerContext, job_id: int, stats: JobStats, chunk: int, no
         releases = _releases(
             session, [r.release_id for r in rollouts] + [r.previous_release_id for r in rollouts]
         )
+        moment = now if now is not None else time.time()
         laps.lap("claim")
         query = (
-            select(Device)
-            .options(
-                load_only(
-                    Device.id, Device.hardware_profile, Device.group, Device.tags, Device.current_sha256
-                )
-            )
+            select(Device.id)
             .where(*_device_filters(selector), Device.id > part.cursor)
             .order_by(Device.id)
             .limit(chunk)
         )
         if part.until is not None:
             query = query.where(Device.id <= part.until)
-        devices = list(session.scalars(query))
+        ids = list(session.scalars(query))
+        # Lock the chunk's devices; one a poll is signing right now (it holds the row) is left to it.
+        devices = list(
+            session.scalars(
+                select(Device)
+                .options(
+                    load_only(
+                        Device.id, Device.hardware_profile, Device.group, Device.tags, Device.current_sha256
+                    )
+                )
+                .where(Device.id.in_(ids))
+                .order_by(Device.id)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        # Rows signed since the change (at poll time, or by an earlier run of this job) are kept.
+        fresh = {
+            (device_id, key)
+            for device_id, key, signed_at, refresh_at in session.execute(
+                select(
+                    SignedAssignment.device_id,
+                    SignedAssignment.current_key,
+                    SignedAssignment.generation,
+                    SignedAssignment.refresh_at,
+                ).where(SignedAssignment.device_id.in_(ids))
+            ).tuples()
+            if signed_at >= job.generation and moment < refresh_at
+        }
         laps.lap("load")
         percent = 0.0
         if target is not None:
@@ -411,6 +434,8 @@ def _work_chunk(ctx: ServerContext, job_id: int, stats: JobStats, chunk: int, no
             matched += 1
             if target is not None and in_cohort(device.id, target.id, percent):
                 cohort += 1
+            if (device.id, device.current_sha256 or "") in fresh:
+                continue
             chosen, rollout, rollback = choose_release(rollouts, device)
             release = releases.get(chosen) if chosen else None
             delta = None
@@ -425,7 +450,6 @@ def _work_chunk(ctx: ServerContext, job_id: int, stats: JobStats, chunk: int, no
             decided.append((device, release, rollout.id if rollout else None, rollback, delta))
         laps.lap("decide")
         signer = ctx.keyring.signer("director")
-        moment = now if now is not None else time.time()
         rows = [
             _row_of(
                 device.id,
@@ -447,9 +471,9 @@ def _work_chunk(ctx: ServerContext, job_id: int, stats: JobStats, chunk: int, no
         ]
         laps.lap("sign")
         store_rows(session, rows)
-        if devices:
-            part.cursor = devices[-1].id
-        part.done = len(devices) < chunk
+        if ids:
+            part.cursor = ids[-1]
+        part.done = len(ids) < chunk
         part.signed += len(rows)
         part.matched += matched
         part.cohort += cohort
@@ -503,7 +527,7 @@ def run_jobs(
     """
     stats = JobStats()
     for job_id in _open_jobs(ctx.sessions):
-        if not _prepare(ctx.sessions, job_id):
+        if not _prepare(ctx.sessions, job_id, chunk):
             continue
         while max_chunks is None or stats.chunks < max_chunks:
             if not _work_chunk(ctx, job_id, stats, chunk, now):
