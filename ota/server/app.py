@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -321,6 +322,9 @@ def create_app(settings: ServerSettings | None = None, *, ctx: ServerContext | N
         # most one connection while it runs: with no more threads than connections, none ever waits for one.
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = context.settings.db_pool_size + context.settings.db_max_overflow
+        # A bulk assignment job signs in a tight loop on a worker thread: hand the GIL back to the event
+        # loop after 1 ms instead of 5 ms, so polls answered meanwhile wait less for it.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         jobs = _background_jobs(context)
         # Sweep once at start: what a killed process left behind belongs to no live process any more.
         for _seconds, work, name in jobs:

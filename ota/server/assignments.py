@@ -382,27 +382,23 @@ def _work_chunk(ctx: ServerContext, job_id: int, stats: JobStats, chunk: int, no
         moment = now if now is not None else time.time()
         laps.lap("claim")
         query = (
-            select(Device.id)
+            select(Device)
+            .options(
+                load_only(
+                    Device.id, Device.hardware_profile, Device.group, Device.tags, Device.current_sha256
+                )
+            )
             .where(*_device_filters(selector), Device.id > part.cursor)
             .order_by(Device.id)
             .limit(chunk)
         )
         if part.until is not None:
             query = query.where(Device.id <= part.until)
-        ids = list(session.scalars(query))
+        devices = list(session.scalars(query))
+        ids = [device.id for device in devices]
         # Lock the chunk's devices; one a poll is signing right now (it holds the row) is left to it.
-        devices = list(
-            session.scalars(
-                select(Device)
-                .options(
-                    load_only(
-                        Device.id, Device.hardware_profile, Device.group, Device.tags, Device.current_sha256
-                    )
-                )
-                .where(Device.id.in_(ids))
-                .order_by(Device.id)
-                .with_for_update(skip_locked=True)
-            )
+        locked = set(
+            session.scalars(select(Device.id).where(Device.id.in_(ids)).with_for_update(skip_locked=True))
         )
         # Rows signed since the change (at poll time, or by an earlier run of this job) are kept.
         fresh = {
@@ -434,7 +430,7 @@ def _work_chunk(ctx: ServerContext, job_id: int, stats: JobStats, chunk: int, no
             matched += 1
             if target is not None and in_cohort(device.id, target.id, percent):
                 cohort += 1
-            if (device.id, device.current_sha256 or "") in fresh:
+            if device.id not in locked or (device.id, device.current_sha256 or "") in fresh:
                 continue
             chosen, rollout, rollback = choose_release(rollouts, device)
             release = releases.get(chosen) if chosen else None

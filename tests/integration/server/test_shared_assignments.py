@@ -233,7 +233,7 @@ def test_a_killed_worker_loses_nothing(tmp_path: Path, pg_url: str) -> None:
             assert stored == session.scalar(select(func.sum(AssignmentJobSlice.signed)))
             assert 0 < stored < DEVICES
         stats = run_jobs(ctx, chunk=5)
-        assert stats.signed == DEVICES - stored  # resumed from the stored cursors: nothing twice, nothing lost
+        assert stats.signed == DEVICES - stored  # resumed from the stored cursors: none twice, none lost
         with ctx.sessions() as session:
             assert session.scalar(select(func.count()).select_from(SignedAssignment)) == DEVICES
             assert session.scalar(select(func.count()).where(AssignmentJob.done_at.is_(None))) == 0
