@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from ota.core.manifest import AdmissionState
 from ota.server.db import ASSIGNMENT_FLOOR, FLEET, GENERATION, read_counter, transaction
-from ota.server.director import CachedAnswer, build_answer, choose_release, sign_answer
+from ota.server.director import CachedAnswer, choose_release, sign_answer
 from ota.server.errors import ForbiddenError, NotFoundError
 from ota.server.models import (
     AssignmentJob,
@@ -79,11 +79,16 @@ class Validity:
         generation: The generation this snapshot was read at.
         floor: The assignment floor.
         selectors: ``(selector, newest changed_generation of its rollouts)``.
+        rollouts: Every rollout, newest first, read after the generation (detached rows): poll-time
+            signing decides from them without another query.
+        releases: The releases those rollouts name, by id.
     """
 
     generation: int = -1
     floor: int = 0
     selectors: tuple[tuple[Selector, int], ...] = ()
+    rollouts: tuple[Rollout, ...] = ()
+    releases: dict[str, Release] = field(default_factory=dict)
 
     def required(self, device: Device) -> int:
         """Return the generation a stored assignment of ``device`` must have at least."""
@@ -103,16 +108,21 @@ def load_validity(session: Session) -> Validity:
         .tuples()
         .all()
     )
+    # The counters first: decisions made from the rollouts read after them are at least that new.
+    rollouts = tuple(session.scalars(select(Rollout).order_by(Rollout.created_at.desc(), Rollout.id.desc())))
     newest: dict[str, tuple[dict[str, Any], int]] = {}
-    for key, selector, changed in session.execute(
-        select(Rollout.selector_key, Rollout.selector, Rollout.changed_generation)
-    ).tuples():
+    for rollout in rollouts:
+        key, changed = rollout.selector_key, int(rollout.changed_generation)
         if key not in newest or changed > newest[key][1]:
-            newest[key] = (selector, int(changed))
+            newest[key] = (rollout.selector, changed)
     return Validity(
         generation=int(values.get(GENERATION, 0)),
         floor=int(values.get(ASSIGNMENT_FLOOR, 0)),
         selectors=tuple((Selector.from_dict(raw), changed) for raw, changed in newest.values()),
+        rollouts=rollouts,
+        releases=_releases(
+            session, [r.release_id for r in rollouts] + [r.previous_release_id for r in rollouts]
+        ),
     )
 
 
@@ -232,10 +242,22 @@ def serve_assignment(ctx: ServerContext, device_id: str, current: str | None, no
             ctx.metrics.assignments_shared += 1
             answer = _answer_of(row, validity.generation)
         else:
-            answer = build_answer(
-                session,
+            # Decided from the snapshot (as ``build_answer`` decides from the database), counter included.
+            chosen, rollout, rollback = choose_release(validity.rollouts, device)
+            release = validity.releases.get(chosen) if chosen else None
+            delta = None
+            if release is not None and current and current != release.sha256:
+                delta = session.scalar(
+                    select(Delta).where(Delta.base_sha256 == current, Delta.result_sha256 == release.sha256)
+                )
+            answer = sign_answer(
                 device_id=device_id,
-                current_sha256=current,
+                hardware_profile=device.hardware_profile,
+                generation=validity.generation,
+                release=release,
+                rollout_id=rollout.id if rollout else None,
+                rollback=rollback,
+                delta=delta,
                 signer=ctx.keyring.signer("director"),
                 config=ctx.director,
                 now=now,

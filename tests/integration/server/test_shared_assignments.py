@@ -155,9 +155,23 @@ def test_a_rollout_change_makes_stored_assignments_stale_for_its_selector(ctx: S
     key = ctx.keyring.public_keys("director")[0]
     # Before the job ran: each poll signs the new answer at once (abort is a safety action) ...
     for i in range(0, DEVICES, 5):
-        body = serve_assignment(ctx, f"dev-{i:04d}", None, time.time()).body
+        now = time.time()
+        body = serve_assignment(ctx, f"dev-{i:04d}", None, now).body
         answer = verify_assignment(body, key, device_id=f"dev-{i:04d}", now=datetime.now(UTC))
         assert answer.release_id is None and answer.counter == generation
+        with ctx.sessions() as session:  # the poll-time answer is the one the ORM decision signs
+            signer = ctx.keyring.signer("director")
+            assert (
+                body
+                == build_answer(
+                    session,
+                    device_id=f"dev-{i:04d}",
+                    current_sha256=None,
+                    signer=signer,
+                    config=ctx.director,
+                    now=now,
+                ).body
+            )
     signed = _signed_total(ctx)
     assert signed == DEVICES + DEVICES // 5
     # ... and the job signs only the others.
