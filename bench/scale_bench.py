@@ -465,7 +465,7 @@ def run(
         started = time.perf_counter()
         with transaction(ctx.sessions) as session:
             counted = counters(session, rollout_id)
-            size = counted_cohort_size(session, session.get(Rollout, rollout_id))
+            size = counted_cohort_size(session, session.get_one(Rollout, rollout_id))
         timings.append(time.perf_counter() - started)
     results.append(
         (

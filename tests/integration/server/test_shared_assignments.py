@@ -228,7 +228,7 @@ def _killed_worker(tmp_path: Path, url: str) -> None:
         if calls["n"] == 4:  # rows written, transaction not committed: killed mid-chunk
             os.kill(os.getpid(), signal.SIGKILL)
 
-    assignments.store_rows = store_then_die  # type: ignore[assignment]
+    assignments.store_rows = store_then_die
     run_jobs(context, chunk=5)
 
 
@@ -243,7 +243,7 @@ def test_a_killed_worker_loses_nothing(tmp_path: Path, pg_url: str) -> None:
         assert process.exitcode == -signal.SIGKILL
         with ctx.sessions() as session:
             # The three committed chunks are there; the fourth, killed before its commit, left nothing.
-            stored = session.scalar(select(func.count()).select_from(SignedAssignment))
+            stored = int(session.scalar(select(func.count()).select_from(SignedAssignment)) or 0)
             assert stored == session.scalar(select(func.sum(AssignmentJobSlice.signed)))
             assert 0 < stored < DEVICES
         stats = run_jobs(ctx, chunk=5)
@@ -295,15 +295,15 @@ def test_the_tick_reuses_the_cohort_size_the_job_counted(
     run_jobs(ctx)
     with ctx.sessions() as session:
         expected = sum(in_cohort(f"dev-{i:04d}", rollout_id, 50) for i in range(DEVICES))
-        assert rollouts.cohort_size(session, session.get(rollouts.Rollout, rollout_id)) == expected
+        assert rollouts.cohort_size(session, session.get_one(rollouts.Rollout, rollout_id)) == expected
 
     def no_scan(*_: Any) -> None:
         raise AssertionError("the cohort was scanned")
 
     monkeypatch.setattr(rollouts, "cohort_size", no_scan)
     with transaction(ctx.sessions) as session:
-        rollout = session.get(rollouts.Rollout, rollout_id)
+        rollout = session.get_one(rollouts.Rollout, rollout_id)
         assert rollouts.counted_cohort_size(session, rollout) == expected
         bump_counter(session, FLEET)  # a device enrolled: the next count must scan again
     with transaction(ctx.sessions) as session, pytest.raises(AssertionError, match="scanned"):
-        rollouts.counted_cohort_size(session, session.get(rollouts.Rollout, rollout_id))
+        rollouts.counted_cohort_size(session, session.get_one(rollouts.Rollout, rollout_id))
