@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from ota.core.manifest import AdmissionState
+from ota.server.assignments import forget_device
 from ota.server.db import bump_counter
 from ota.server.errors import ConflictError, InvalidRequestError, NotFoundError
 from ota.server.models import AuditEntry, Device, OperatorToken, ProvisioningToken
@@ -70,7 +71,8 @@ def set_admission(
     previous = device.state
     device.state = decision.value
     device.updated_at = datetime.now(UTC)
-    bump_counter(session)
+    bump_counter(session, scoped=True)  # this device's answers only: its stored ones are deleted
+    forget_device(session, device_id)
     _audit(session, actor, f"device.{decision.value}", device_id, previous=previous, reason=reason)
     return device
 
@@ -86,7 +88,8 @@ def revoke_device(session: Session, *, device_id: str, actor: str, reason: str |
         previous = device.state
         device.state = AdmissionState.REVOKED.value
         device.updated_at = datetime.now(UTC)
-        bump_counter(session)
+        bump_counter(session, scoped=True)
+        forget_device(session, device_id)
         _audit(session, actor, "device.revoke", device_id, previous=previous, reason=reason)
     return device
 
@@ -111,6 +114,6 @@ def revoke_token(
         raise NotFoundError(f"no operator or provisioning token {token_id!r}")
     if row.revoked_at is None:
         row.revoked_at = datetime.now(UTC)
-        bump_counter(session)
+        bump_counter(session, scoped=True)  # tokens do not change any device's assignment
         _audit(session, actor, f"{kind}.revoke", token_id, name=row.name, reason=reason)
     return row

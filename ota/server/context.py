@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from ota.server.assignments import ValidityHolder
 from ota.server.auth import DeviceTokens
 from ota.server.blobstore import BlobStore, open_blob_store
 from ota.server.db import (
@@ -48,6 +49,7 @@ class ServerContext:
     director: DirectorConfig
     cache: AssignmentCache = field(default_factory=AssignmentCache)
     metrics: Metrics = field(default_factory=Metrics)
+    validity: ValidityHolder = field(default_factory=ValidityHolder)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

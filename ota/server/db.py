@@ -19,9 +19,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ota.server.errors import ConfigError
-from ota.server.models import Counter
+from ota.server.models import AssignmentJob, Counter
 
 GENERATION = "generation"
+# Signed assignments (ota.server.assignments) older than this counter are stale for every device.
+ASSIGNMENT_FLOOR = "assignment_floor"
+# Bumped when a device joins the accepted fleet without a generation bump (auto-accepted enrolment).
+FLEET = "fleet"
 # session.info key under which bump_counter leaves the new generation for the cache to observe.
 BUMPED_KEY = "edgefleet_generation"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -155,14 +159,20 @@ def read_counter(session: Session, name: str = GENERATION) -> int:
     return int(value or 0)
 
 
-def bump_counter(session: Session, name: str = GENERATION) -> int:
+def bump_counter(session: Session, name: str = GENERATION, *, scoped: bool = False) -> int:
     """Increase a named counter by one inside the caller's transaction and return the new value.
 
     The UPDATE takes the row lock, so concurrent bumps serialise and the counter never repeats.
 
+    A generation bump is global by default: it also raises the assignment floor, so every shared signed
+    assignment is re-signed (and a bulk job for all devices is queued). Callers whose change only concerns
+    some devices (a rollout: its selector; an admission decision: one device) pass ``scoped=True`` and
+    invalidate those themselves (see :mod:`ota.server.assignments`).
+
     Args:
         session: An open session inside a transaction.
         name: Counter name.
+        scoped: Leave the assignment floor where it is (generation only).
 
     Returns:
         The new value.
@@ -176,7 +186,17 @@ def bump_counter(session: Session, name: str = GENERATION) -> int:
         value = read_counter(session, name)
     if name == GENERATION:
         session.info[BUMPED_KEY] = value
+        if not scoped:
+            _raise_floor(session, value)
     return value
+
+
+def _raise_floor(session: Session, value: int) -> None:
+    result = session.execute(update(Counter).where(Counter.name == ASSIGNMENT_FLOOR).values(value=value))
+    if getattr(result, "rowcount", 0) == 0:
+        session.add(Counter(name=ASSIGNMENT_FLOOR, value=value))
+    session.add(AssignmentJob(rollout_id=None, generation=value))
+    session.flush()
 
 
 def lock_name(session: Session, name: str) -> None:
@@ -194,3 +214,20 @@ def lock_name(session: Session, name: str) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
     else:
         bump_counter(session, f"lock:{name}"[:64])
+
+
+def try_lock_name(session: Session, name: str) -> bool:
+    """Try to take a transaction-scoped exclusive lock on ``name`` without waiting.
+
+    PostgreSQL: ``pg_try_advisory_xact_lock`` (released when the transaction ends, also when its process
+    dies and the connection drops). SQLite: the database write lock (waits up to the busy timeout, then
+    holds it), so the caller runs alone there too.
+
+    Returns:
+        True when this transaction holds the lock.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}))
+    bump_counter(session, f"lock:{name}"[:64])
+    return True

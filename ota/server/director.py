@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -102,6 +103,16 @@ def decide_release(session: Session, device: Device) -> tuple[Release | None, Ro
         ``(release or None, rollout or None, rollback)``.
     """
     rollouts = session.scalars(select(Rollout).order_by(Rollout.created_at.desc(), Rollout.id.desc()))
+    chosen, rollout, rollback = choose_release(rollouts, device)
+    return (session.get(Release, chosen) if chosen else None), rollout, rollback
+
+
+def choose_release(rollouts: Iterable[Rollout], device: Device) -> tuple[str | None, Rollout | None, bool]:
+    """The decision of :func:`decide_release` from rollouts given newest first (bulk jobs preload them).
+
+    Returns:
+        ``(release id or None, rollout or None, rollback)``.
+    """
     for rollout in rollouts:
         if not Selector.from_dict(rollout.selector).matches(device):
             continue
@@ -116,7 +127,7 @@ def decide_release(session: Session, device: Device) -> tuple[Release | None, Ro
         else:
             chosen = rollout.release_id
         rollback = reverted and chosen is not None and chosen != rollout.release_id
-        return (session.get(Release, chosen) if chosen else None), rollout, rollback
+        return chosen, rollout, rollback
     return None, None, False
 
 
@@ -153,39 +164,81 @@ def build_answer(
     if device.state != AdmissionState.ACCEPTED.value:
         raise ForbiddenError(f"device {device_id} is {device.state}, not accepted")
     release, rollout, rollback = decide_release(session, device)
-    target = delta = None
+    delta = None
+    if release is not None and current_sha256 and current_sha256 != release.sha256:
+        delta = session.scalar(
+            select(Delta).where(Delta.base_sha256 == current_sha256, Delta.result_sha256 == release.sha256)
+        )
+    return sign_answer(
+        device_id=device_id,
+        hardware_profile=device.hardware_profile,
+        generation=generation,
+        release=release,
+        rollout_id=rollout.id if rollout else None,
+        rollback=rollback,
+        delta=delta,
+        signer=signer,
+        config=config,
+        now=now if now is not None else time.time(),
+    )
+
+
+def sign_answer(
+    *,
+    device_id: str,
+    hardware_profile: str,
+    generation: int,
+    release: Release | None,
+    rollout_id: str | None,
+    rollback: bool,
+    delta: Delta | None,
+    signer: Signer,
+    config: DirectorConfig,
+    now: float,
+) -> CachedAnswer:
+    """Build and sign one assignment from a decision (the one code path of poll-time and bulk signing).
+
+    Args:
+        device_id: The device.
+        hardware_profile: Its profile.
+        generation: The generation counter read before the decision was made (the assignment's counter).
+        release: The chosen release (None: nothing to run).
+        rollout_id: The deciding rollout.
+        rollback: Whether the release is sent as a rollback.
+        delta: The patch from the device's current model to ``release`` (None: full download).
+        signer: The director key.
+        config: Director settings.
+        now: Unix time.
+
+    Returns:
+        The answer.
+    """
+    target = delta_ref = None
     if release is not None:
         target = TargetRef(name=release.target_name, length=release.length, sha256=release.sha256)
-        if current_sha256 and current_sha256 != release.sha256:
-            row = session.scalar(
-                select(Delta).where(
-                    Delta.base_sha256 == current_sha256, Delta.result_sha256 == release.sha256
-                )
+        if delta is not None:
+            delta_ref = DeltaRef(
+                name=delta.target_name,
+                length=delta.length,
+                sha256=delta.sha256,
+                base_sha256=delta.base_sha256,
+                result_sha256=delta.result_sha256,
             )
-            if row is not None:
-                delta = DeltaRef(
-                    name=row.target_name,
-                    length=row.length,
-                    sha256=row.sha256,
-                    base_sha256=row.base_sha256,
-                    result_sha256=row.result_sha256,
-                )
-    moment = now if now is not None else time.time()
     half = max(config.assignment_expiry // 2, 1)
-    bucket_start = int(moment // half) * half
+    bucket_start = int(now // half) * half
     expires = datetime.fromtimestamp(bucket_start + config.assignment_expiry, UTC)
     interval = _jittered_interval(device_id, config)
     assignment = Assignment(
         device_id=device_id,
-        hardware_profile=device.hardware_profile,
+        hardware_profile=hardware_profile,
         counter=generation,
         expires=format_time(expires),
         poll_interval=interval,
         poll_jitter=config.poll_jitter,
         target=target,
-        delta=delta,
+        delta=delta_ref,
         release_id=release.id if release else None,
-        rollout_id=rollout.id if rollout else None,
+        rollout_id=rollout_id,
         release_seq=release_seq(release) if release else None,
         rollback=rollback and release is not None,
     )

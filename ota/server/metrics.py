@@ -21,6 +21,10 @@ class Metrics:
         self.polls_200 = 0
         self.polls_304 = 0
         self.polls_cached = 0
+        # Assignments this process signed (at poll time and in bulk jobs), and ones it served from the
+        # shared table that another process (or an earlier bulk job) signed.
+        self.assignments_signed = 0
+        self.assignments_shared = 0
         self.reports: TallyCounter[str] = TallyCounter()
         self.rollout_phases: Callable[[], dict[str, tuple[int, float, str]]] = dict
 
@@ -50,6 +54,14 @@ class MetricsCollector(Collector):
         cached = CounterMetricFamily("edgefleet_polls_cached", "Polls answered from the cache")
         cached.add_metric([], m.polls_cached)
         yield cached
+        signed = CounterMetricFamily("edgefleet_assignments_signed", "Assignments signed by this process")
+        signed.add_metric([], m.assignments_signed)
+        yield signed
+        shared = CounterMetricFamily(
+            "edgefleet_assignments_shared", "Assignments served from the shared table without signing"
+        )
+        shared.add_metric([], m.assignments_shared)
+        yield shared
         reports = CounterMetricFamily("edgefleet_reports", "Status reports accepted", labels=["status"])
         for status, count in sorted(m.reports.items()):
             reports.add_metric([status], count)

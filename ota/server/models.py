@@ -174,6 +174,14 @@ class Rollout(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Migration 0003: the generation of the rollout's last change (assignments signed before it are stale
+    # for the devices its selector matches), and its current phase's cohort size as counted at generation
+    # ``cohort_stamp`` and fleet counter ``cohort_fleet`` (-1: no accepted device matches the selector);
+    # reused while both counters hold.
+    changed_generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    cohort_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cohort_stamp: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cohort_fleet: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class RolloutDevice(Base):
@@ -228,3 +236,48 @@ class ConsoleSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SignedAssignment(Base):
+    """A device's signed assignment as served, shared by every server process (migration 0003).
+
+    Keyed by device and the model hash the device reports (``""`` when none). Valid while its generation is
+    at least the assignment floor and the ``changed_generation`` of every rollout whose selector matches
+    the device, and until ``refresh_at`` (Unix seconds): see :mod:`ota.server.assignments`.
+    """
+
+    __tablename__ = "signed_assignments"
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    current_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+    refresh_at: Mapped[int] = mapped_column(BigInteger)
+    poll_interval: Mapped[int] = mapped_column(Integer)
+    etag: Mapped[str] = mapped_column(String(40))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AssignmentJob(Base):
+    """A bulk re-signing job: the devices of a rollout's selector (or all devices) after a change."""
+
+    __tablename__ = "assignment_jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+    fleet: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # the fleet counter when split
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    done_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
+
+
+class AssignmentJobSlice(Base):
+    """One device-id range of a job, processed in chunks; its cursor survives a killed worker."""
+
+    __tablename__ = "assignment_job_slices"
+    job_id: Mapped[int] = mapped_column(ForeignKey("assignment_jobs.id"), primary_key=True)
+    slice: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cursor: Mapped[str] = mapped_column(String(64))  # last device id done ("" before the first)
+    until: Mapped[str | None] = mapped_column(String(64), nullable=True)  # last id of the range (None: open)
+    done: Mapped[bool] = mapped_column(Boolean, default=False)
+    signed: Mapped[int] = mapped_column(Integer, default=0)
+    matched: Mapped[int] = mapped_column(Integer, default=0)
+    cohort: Mapped[int] = mapped_column(Integer, default=0)
+    consistent: Mapped[bool] = mapped_column(Boolean, default=True)

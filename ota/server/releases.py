@@ -301,7 +301,9 @@ def publish_release(
                 delta.release_id = release_id
                 session.add(delta)
             repository.add_targets(session, targets)
-            bump_counter(session)
+            # A new release (and its deltas, which lead to it) changes no device's assignment until a
+            # rollout names it, and that rollout re-signs its own devices: no fleet-wide re-signing here.
+            bump_counter(session, scoped=True)
             session.add(
                 AuditEntry(
                     actor=actor,

@@ -20,9 +20,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, load_only
 
 from ota.core.manifest import FAILURE_STATUSES, AdmissionState, ReportStatus
-from ota.server.db import bump_counter, lock_name
+from ota.server.db import FLEET, bump_counter, lock_name, read_counter
 from ota.server.errors import ConflictError, InvalidRequestError, NotFoundError, RolloutStateError
-from ota.server.models import AuditEntry, Device, Release, Rollout, RolloutDevice
+from ota.server.models import AssignmentJob, AuditEntry, Device, Release, Rollout, RolloutDevice
 from ota.server.rollout_machine import (
     ACTIVE_STATES,
     DEFAULT_FAILURE_THRESHOLD,
@@ -164,7 +164,7 @@ def create_rollout(
         updated_at=moment,
     )
     session.add(rollout)
-    bump_counter(session)
+    _changed(session, rollout)
     _audit(session, actor, "rollout.create", rollout.id, release_id=release.id, selector=selector.to_dict())
     session.flush()
     return rollout
@@ -186,6 +186,12 @@ def _previous_release(session: Session, selector: Selector, release: Release) ->
         ):
             return row.previous_release_id
     return None
+
+
+def _changed(session: Session, rollout: Rollout) -> None:
+    """Bump the generation for the rollout's selector only, and queue the bulk re-signing of its devices."""
+    rollout.changed_generation = bump_counter(session, scoped=True)
+    session.add(AssignmentJob(rollout_id=rollout.id, generation=rollout.changed_generation))
 
 
 def _locked(session: Session, rollout_id: str) -> Rollout:
@@ -215,7 +221,7 @@ def _apply(
         rollout.phase_started_at = now
     rollout.updated_at = now
     rollout.reason = reason
-    bump_counter(session)
+    _changed(session, rollout)
     _audit(
         session, actor, f"rollout.{event.value}", rollout.id, state=state.value, phase=index, reason=reason
     )
@@ -252,13 +258,25 @@ def counters(session: Session, rollout_id: str) -> RolloutCounters:
     Only targeted devices have rows (see :func:`record_device_status`); a device rejected or revoked since
     it reported no longer counts.
     """
-    rows = session.execute(
+    # All rows by status (an index-only scan of ix_rollout_devices_rollout_status), less the rows of the
+    # few devices no longer accepted (found through ix_devices_state): no join over the whole cohort.
+    by_status: dict[str, int] = {}
+    for status, count in session.execute(
+        select(RolloutDevice.status, func.count())
+        .where(RolloutDevice.rollout_id == rollout_id)
+        .group_by(RolloutDevice.status)
+    ).tuples():
+        by_status[status] = int(count)
+    for status, count in session.execute(
         select(RolloutDevice.status, func.count())
         .join(Device, Device.id == RolloutDevice.device_id)
-        .where(RolloutDevice.rollout_id == rollout_id, Device.state == AdmissionState.ACCEPTED.value)
+        .where(
+            RolloutDevice.rollout_id == rollout_id,
+            Device.state.in_([s.value for s in AdmissionState if s is not AdmissionState.ACCEPTED]),
+        )
         .group_by(RolloutDevice.status)
-    ).all()
-    by_status = {status: int(count) for status, count in rows}
+    ).tuples():
+        by_status[status] -= int(count)
     return RolloutCounters(
         succeeded=by_status.get(ReportStatus.COMMITTED.value, 0),
         failed=sum(by_status.get(s, 0) for s in FAILED),
@@ -321,7 +339,7 @@ def tick_rollout(session: Session, rollout_id: str, *, now: datetime | None = No
             rollout.failure_threshold, rollout.min_reports_for_abort, RolloutEvent(rollout.abort_action)
         ),
         now=moment,
-        cohort_size=cohort_size(session, rollout) if counted_cohort else None,
+        cohort_size=counted_cohort_size(session, rollout) if counted_cohort else None,
     )
     if decision is None:
         return None
@@ -355,6 +373,26 @@ def cohort_size(session: Session, rollout: Rollout) -> int | None:
     if not matching:
         return None
     return sum(1 for device_id in matching if in_cohort(device_id, rollout.id, percent))
+
+
+def counted_cohort_size(session: Session, rollout: Rollout) -> int | None:
+    """:func:`cohort_size`, counted once per generation: reused while nothing changed since.
+
+    A bulk assignment job counts the cohort while it signs the rollout's devices (no scan at all after a
+    phase change); otherwise the first tick after a change counts it and stores it on the rollout row (the
+    caller holds its lock). Any change that could alter the count bumps the generation.
+    """
+    generation, fleet = read_counter(session), read_counter(session, FLEET)
+    if (
+        rollout.cohort_stamp == generation
+        and rollout.cohort_fleet == fleet
+        and rollout.cohort_count is not None
+    ):
+        return None if rollout.cohort_count < 0 else rollout.cohort_count
+    size = cohort_size(session, rollout)
+    rollout.cohort_count = -1 if size is None else size
+    rollout.cohort_stamp, rollout.cohort_fleet = generation, fleet
+    return size
 
 
 def active_rollout_ids(session: Session) -> list[str]:

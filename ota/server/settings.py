@@ -86,6 +86,14 @@ class ServerSettings(BaseSettings):
     blob_url: str = ""
     s3_endpoint_url: str | None = None
     s3_presign: bool = False
+    # Lifetime of a presigned target URL (short: a leaked URL soon stops working; devices fetch at once).
+    s3_presign_expiry: int = Field(default=300, ge=1, le=7 * 86400)
+    # A CDN (or any static origin) serving the blob store's ``targets/`` folder: target downloads redirect
+    # to ``{targets_cdn_url}/{sha256}.{name}``. Devices check every target's TUF length and hashes anyway.
+    targets_cdn_url: str = ""
+    # ``max-age`` of timestamp.json, the same for every device (0: no-store). A few seconds let a CDN
+    # absorb a fleet's metadata polls; devices then see a new release that much later.
+    timestamp_max_age: int = Field(default=0, ge=0, le=3600)
     key_dir: Path | None = None
     # The URL devices are told to use (enrolment answer: metadata and targets URLs). Empty (the default):
     # derived from how the server was started, see advertised_base_url.
@@ -135,6 +143,8 @@ class ServerSettings(BaseSettings):
     # /metrics needs an operator token with the read scope unless this is true.
     metrics_public: bool = False
     rollout_tick_interval: float = Field(default=10.0, gt=0)
+    # How often each process looks for bulk assignment jobs (queued by rollout changes) to work on.
+    assignment_job_interval: float = Field(default=1.0, gt=0)
     # Default phases of a rollout when the API or CLI gives none (EDGEFLEET_ROLLOUT_PHASES='[1,10,50,100]'),
     # and what each phase needs before it advances when the request leaves it out: a soak time and real
     # successes (at least one, and a share of the phase's cohort). Safe by default: see rollout_machine.

@@ -28,9 +28,10 @@ from ota.core.manifest import (
     verify_signed_request,
 )
 from ota.core.signing import key_from_dict, key_to_dict
+from ota.server.assignments import serve_assignment
 from ota.server.auth import find_provisioning_token
+from ota.server.db import FLEET, bump_counter
 from ota.server.deps import ContextDep, DeviceIdDep, DevicePath
-from ota.server.director import build_answer
 from ota.server.errors import ConflictError, ForbiddenError, NotFoundError
 from ota.server.models import AuditEntry, Device, StatusReportRow
 from ota.server.rollouts import record_device_status
@@ -91,6 +92,8 @@ def enrol(envelope: Envelope, ctx: ContextDep, request: Request) -> JSONResponse
                 provisioning_token_id=token.id,
             )
             session.add(device)
+            if token.auto_accept:
+                bump_counter(session, FLEET)  # cached rollout cohort sizes count accepted devices
             session.add(
                 AuditEntry(
                     actor=f"device:{enrolment.device_id}",
@@ -184,16 +187,7 @@ def assignment(
     now = time.time()
     answer = ctx.cache.get(device_id, current or "", now)
     if answer is None:
-        with ctx.sessions() as session:
-            answer = build_answer(
-                session,
-                device_id=device_id,
-                current_sha256=current,
-                signer=ctx.keyring.signer("director"),
-                config=ctx.director,
-                now=now,
-            )
-        ctx.cache.put(device_id, current or "", answer)
+        answer = serve_assignment(ctx, device_id, current, now)
     headers = {"ETag": answer.etag.decode(), "X-Poll-Interval": answer.poll_interval.decode()}
     if if_none_match is not None and if_none_match.encode() == answer.etag:
         ctx.metrics.polls_304 += 1

@@ -40,8 +40,11 @@ def metadata(ctx: ContextDep, filename: str = Path(max_length=64)) -> Response:
             data = ctx.repository.read(session, match.group(2), int(match.group(1)))
     if data is None:
         raise NotFoundError(f"no metadata file {filename!r}")
-    # Versioned files never change; timestamp.json must be re-fetched every time.
-    cache = "no-store" if filename == "timestamp.json" else "public, max-age=31536000, immutable"
+    # Versioned files never change; timestamp.json is re-fetched every time (or after a short max-age).
+    cache = "public, max-age=31536000, immutable"
+    if filename == "timestamp.json":
+        age = ctx.settings.timestamp_max_age
+        cache = f"public, max-age={age}" if age else "no-store"
     return Response(data, media_type=_JSON, headers={"Cache-Control": cache})
 
 
@@ -103,7 +106,9 @@ def target(
         size = ctx.blobs.size(key)
     except BlobNotFoundError as exc:
         raise NotFoundError(f"no target {filename!r}") from exc
-    url = ctx.blobs.presigned_url(key, 3600)
+    if ctx.settings.targets_cdn_url:
+        return RedirectResponse(f"{ctx.settings.targets_cdn_url.rstrip('/')}/{filename}", status_code=307)
+    url = ctx.blobs.presigned_url(key, ctx.settings.s3_presign_expiry)
     if url is not None:
         return RedirectResponse(url, status_code=307)
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "public, max-age=31536000, immutable"}

@@ -25,6 +25,7 @@ def unit_settings(home: Path) -> ServerSettings:
         cache_refresh_interval=3600,
         resign_check_interval=3600,
         rollout_tick_interval=3600,
+        assignment_job_interval=3600,
     )
 
 

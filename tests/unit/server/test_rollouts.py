@@ -12,7 +12,7 @@ from sqlalchemy import select
 from ota.core.errors import ReplayError
 from ota.core.manifest import Assignment, ReportStatus, verify_assignment
 from ota.server.context import ServerContext
-from ota.server.db import transaction
+from ota.server.db import FLEET, bump_counter, transaction
 from ota.server.director import build_answer, decide_release
 from ota.server.errors import ConflictError
 from ota.server.models import AuditEntry, Device, Release, Rollout
@@ -62,6 +62,7 @@ def add_devices(ctx: ServerContext, count: int) -> list[str]:
                     state="accepted",
                 )
             )
+        bump_counter(session, FLEET)  # as enrolment does: cached cohort sizes are counted again
     return ids
 
 

@@ -5,7 +5,7 @@ token it was opened with, its CSRF token and expiry). ``devices.current_sha256``
 ``devices.updated_at`` (last report) get indexes so the devices page stays fast at 100,000 devices.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-04 18:30:00
 
 """
@@ -17,7 +17,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
