@@ -59,6 +59,7 @@ from ota.edge.fetch import Fetcher, make_client
 from ota.edge.fsutil import ensure_private_dir
 from ota.edge.identity import DeviceIdentity, Enrolment
 from ota.edge.install import DeltaApplier, FaultHook, HealthChecker, Installer, InstallEvent
+from ota.edge.nudge import wait_for_poll
 from ota.edge.profile import HardwareProfile, detect_profile
 from ota.edge.reports import ReportQueue
 from ota.edge.state import ArtifactRef, UpdatePlan
@@ -190,12 +191,15 @@ class Agent:
 
     # ---- the loop ---------------------------------------------------------------------------------
 
-    def run(self, *, once: bool = False, stop: threading.Event | None = None) -> PollResult:
+    def run(
+        self, *, once: bool = False, stop: threading.Event | None = None, wake: threading.Event | None = None
+    ) -> PollResult:
         """Poll until stopped (or once).
 
         Args:
             once: Poll a single time and return.
             stop: Set it to end the loop; the wait between polls wakes up on it.
+            wake: Set it to poll now (an MQTT nudge, :class:`ota.edge.nudge.NudgeListener`); nothing more.
 
         Returns:
             The last poll's result.
@@ -204,7 +208,7 @@ class Agent:
         while True:
             result = self.poll_once()
             log.info("poll: %s (%s); next in %.1f s", result.outcome, result.detail or "", result.delay_s)
-            if once or stop.wait(result.delay_s):
+            if once or wait_for_poll(stop, wake, result.delay_s):
                 return result
 
     def poll_once(self) -> PollResult:
