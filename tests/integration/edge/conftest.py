@@ -244,9 +244,12 @@ def _free_port() -> int:
 
 @contextmanager
 def serve_ota(
-    home: Path, *, port: int, public_base_url: str | None = None, label: str = "edge-it"
+    home: Path, *, port: int, public_base_url: str | None = None, label: str = "edge-it", **overrides: Any
 ) -> Iterator[LiveServer]:
-    """Run the real OTA server (SQLite + local blobs) on uvicorn in a thread, on ``port``, until exit."""
+    """Run the real OTA server (SQLite + local blobs) on uvicorn in a thread, on ``port``, until exit.
+
+    ``overrides`` are more settings (the MQTT tests pass the broker's).
+    """
     from ota.server.context import build_context
     from ota.server.settings import load_settings
     from ota.server.testing import serve_in_thread
@@ -262,6 +265,7 @@ def serve_ota(
         resign_check_interval=3600,
         # Tests run on a fast clock: phases need their successes, not a minute's soak.
         rollout_min_soak_seconds=0,
+        **overrides,
     )
     ctx = build_context(settings)
     with serve_in_thread(ctx, label=label) as served:
