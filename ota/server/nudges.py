@@ -413,6 +413,7 @@ class PahoSink:
 
     def close(self) -> None:
         """Disconnect and stop the network thread."""
+        self._up.clear()  # a deliberate disconnect: not "lost"
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -152,3 +152,14 @@ def test_broker_urls():
     for bad in ("http://h", "mqtt://", "mqtt://h:0x", "mqtt://h/x", "mqtt://h?q=1"):
         with pytest.raises(DocumentFormatError):
             parse_broker_url(bad)
+
+
+def test_agent_cli_refuses_a_bad_broker_url(tmp_path):
+    from typer.testing import CliRunner
+
+    from ota.edge.cli import agent_app
+
+    args = ["run", "--server", "http://127.0.0.1:9", "--state-dir", str(tmp_path / "s"), "--profile", "p"]
+    result = CliRunner().invoke(agent_app, [*args, "--mqtt", "http://broker:1883"])
+    assert result.exit_code == 1
+    assert "--mqtt" in result.output and "mqtt://" in result.output
