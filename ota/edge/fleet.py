@@ -298,9 +298,10 @@ def _device_loop(index: int, options: FleetOptions, events: Any, stop: Any) -> N
             rng=random.Random(rng.random()),
         )
 
-    agent = build()
+    agent: Agent | None = None
     listener = None
-    if options.mqtt_url:
+    if options.mqtt_url:  # listening from the start: a nudge may end the first wait
+        agent = build()
         listener = NudgeListener(
             url=options.mqtt_url,
             device_id=device_id,
@@ -314,8 +315,10 @@ def _device_loop(index: int, options: FleetOptions, events: Any, stop: Any) -> N
     # Spread the first polls so that a fleet started at once does not hit the server at once.
     first = options.poll_interval_s if options.first_poll_spread_s is None else options.first_poll_spread_s
     if wait_for_poll(stop, wake, rng.uniform(0, first)):
-        _close(agent, listener)
+        if agent is not None:
+            _close(agent, listener)
         return
+    agent = agent or build()
     while not stop.is_set():
         crash_next["armed"] = rng.random() < options.crash_rate
         crashed = False
