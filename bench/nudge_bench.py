@@ -9,7 +9,9 @@ with a request counter in front). Mosquitto is a child process on a free port, s
    rollout is started (just before ``POST /v1/rollouts``) to the moment each device starts its install
    (the installer's ``downloading`` step, after the signed assignment and TUF metadata were verified):
 
-   * ``nudge, spread S``: agents with ``--mqtt`` and a nudge spread of S seconds, poll interval 300 s;
+   * ``nudge, spread S``: agents with ``--mqtt`` and a nudge spread of S seconds, poll interval 300 s; the
+     rollout starts once every agent listens and has polled once (within 15 s of its start, so the nudged
+     poll is a running agent's, holding its poll token, and its next regular poll is minutes away);
    * ``nudge, no spread``: the same with a spread of 0 (the peak request rate a burst causes);
    * ``polling only``: no broker, poll interval 300 s, run until every device started or a deadline of
      1.15 intervals (the agent's own jitter is ±10 %); the devices' polls are spread evenly over the
@@ -62,6 +64,7 @@ from ota.server.testing_broker import MosquittoProcess, free_port
 PROFILE = "nudge-bench"
 PREFIX = "bench"
 SEED = 7
+WARM_UP_S = 15.0  # with nudges, every agent polls once within this many seconds before the rollout starts
 console = Console(width=160)
 # Set at import, so the fleet's worker processes (which import this module) agree: one line per poll
 # otherwise, and one per agent when the outage part kills the broker.
@@ -198,7 +201,9 @@ class Bench:
 
     # ---- fleet ---------------------------------------------------------------------------------------
 
-    def options(self, *, interval: float, mqtt_url: str | None, spread: float = 0.0) -> FleetOptions:
+    def options(
+        self, *, interval: float, mqtt_url: str | None, spread: float = 0.0, first_poll: float | None = None
+    ) -> FleetOptions:
         return FleetOptions(
             server=self.url,
             devices=self.args.devices,
@@ -213,6 +218,7 @@ class Bench:
             mqtt_url=mqtt_url,
             mqtt_topic_prefix=PREFIX,
             nudge_spread_s=spread,
+            first_poll_spread_s=first_poll,
         )
 
     def enrol(self) -> None:
@@ -245,9 +251,14 @@ class Bench:
         state: dict[str, Any] = {"t0": None}
 
         def ready(summary: FleetSummary) -> bool:
-            if mqtt_url:
-                return self.subscriptions.value >= 2 * devices + 1  # two topics a device, plus our own
-            return len(summary.devices) > 0  # the workers run
+            if not mqtt_url:
+                return len(summary.devices) > 0  # the workers run: polls spread over the interval from now
+            # With nudges: every agent listens and has polled once (a running agent, not a cold start;
+            # its next poll is an interval away), and that poll's answer is in.
+            if self.subscriptions.value < 2 * devices + 1 or len(summary.devices) < devices:
+                return False
+            state.setdefault("all_polled", time.monotonic())
+            return time.monotonic() - state["all_polled"] >= 3.0
 
         def on_tick(summary: FleetSummary) -> None:
             if state["t0"] is None and ready(summary):
@@ -269,7 +280,12 @@ class Bench:
             return sum(1 for s in summary.devices.values() if s.version == version) >= devices
 
         summary = simulate_fleet(
-            self.options(interval=interval, mqtt_url=mqtt_url, spread=spread),
+            self.options(
+                interval=interval,
+                mqtt_url=mqtt_url,
+                spread=spread,
+                first_poll=WARM_UP_S if mqtt_url else None,
+            ),
             on_tick=on_tick,
             until=started_all,
         )
