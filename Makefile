@@ -22,7 +22,7 @@ export ZENML_LOGGING_COLORS_DISABLED := true
 export EDGEFLEET_HOME := $(STATE)
 export AUTO_OPEN_DASHBOARD := false
 
-.PHONY: setup activate-hook chromium run train test lint typecheck contracts unit integration e2e bench bench-tools clean
+.PHONY: setup activate-hook chromium run train test lint typecheck contracts unit integration e2e bench bench-tools test-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,14 +79,22 @@ contracts: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-integration: setup
+integration: setup test-tools
 	$(BIN)/pytest -q tests/integration
 
 e2e: setup
 	$(BIN)/pytest -q tests/e2e
 
-test: setup lint typecheck contracts
+test: setup test-tools lint typecheck contracts
 	$(BIN)/pytest -q tests
+
+# Debian packages the integration tier runs for real: the Mosquitto broker of the MQTT nudge tests (each
+# test starts its own on a free port; without the binary those tests are skipped).
+TEST_TOOLS := mosquitto
+
+test-tools:
+	missing=$$(for t in $(TEST_TOOLS); do command -v $$t >/dev/null || test -x /usr/sbin/$$t || echo $$t; done)
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
 
 # Benchmarks compare against baselines measured in the same run; the baselines' CLIs come from Debian.
 BENCH_TOOLS := xdelta3 zstd wrk

@@ -59,6 +59,7 @@ from ota.edge.fetch import Fetcher, make_client
 from ota.edge.fsutil import ensure_private_dir
 from ota.edge.identity import DeviceIdentity, Enrolment
 from ota.edge.install import DeltaApplier, FaultHook, HealthChecker, Installer, InstallEvent
+from ota.edge.nudge import wait_for_poll
 from ota.edge.plan import Limits, Repository, plan_update, selftest_name, targets_to_look_up
 from ota.edge.profile import HardwareProfile, detect_profile
 from ota.edge.reports import ReportQueue
@@ -209,12 +210,15 @@ class Agent:
 
     # ---- the loop ---------------------------------------------------------------------------------
 
-    def run(self, *, once: bool = False, stop: threading.Event | None = None) -> PollResult:
+    def run(
+        self, *, once: bool = False, stop: threading.Event | None = None, wake: threading.Event | None = None
+    ) -> PollResult:
         """Poll until stopped (or once).
 
         Args:
             once: Poll a single time and return.
             stop: Set it to end the loop; the wait between polls wakes up on it.
+            wake: Set it to poll now (an MQTT nudge, :class:`ota.edge.nudge.NudgeListener`); nothing more.
 
         Returns:
             The last poll's result.
@@ -223,12 +227,15 @@ class Agent:
         while True:
             result = self.poll_once()
             log.info("poll: %s (%s); next in %.1f s", result.outcome, result.detail or "", result.delay_s)
-            if once or self._wait_for_next_poll(result.delay_s, stop):
+            if once or self._wait_for_next_poll(result.delay_s, stop, wake):
                 return result
 
-    def _wait_for_next_poll(self, seconds: float, stop: threading.Event) -> bool:
-        """Wait ``seconds`` between polls; return True when ``stop`` was set (the loop ends)."""
-        return stop.wait(seconds)
+    def _wait_for_next_poll(
+        self, seconds: float, stop: threading.Event, wake: threading.Event | None = None
+    ) -> bool:
+        """Wait ``seconds`` between polls, or less when ``wake`` is set (an MQTT nudge); return True when
+        ``stop`` was set (the loop ends)."""
+        return wait_for_poll(stop, wake, seconds)
 
     def poll_once(self) -> PollResult:
         """Run one poll cycle; never raises, except for a deliberate stop.

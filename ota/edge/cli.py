@@ -18,8 +18,11 @@ from typing import Annotated
 
 import typer
 
+from ota.core.errors import OtaError
+from ota.core.nudge import DEFAULT_TOPIC_PREFIX
 from ota.edge.config import AgentConfig
 from ota.edge.errors import EdgeError
+from ota.edge.nudge import DEFAULT_SPREAD_S
 
 agent_app = typer.Typer(help="Run the edge agent on this device.", no_args_is_help=True, add_completion=False)
 fleet_app = typer.Typer(
@@ -51,6 +54,33 @@ def run(
         bool,
         typer.Option("--full-fallback/--no-full-fallback", help="After a failed delta, download in full."),
     ] = True,
+    mqtt: Annotated[
+        str | None,
+        typer.Option(
+            "--mqtt",
+            envvar="EDGEFLEET_MQTT_URL",
+            help="MQTT broker for push nudges, mqtt[s]://[user[:password]@]host[:port]: poll as soon as "
+            "the server nudges (still verifying everything). Without it: polling only.",
+        ),
+    ] = None,
+    mqtt_username: Annotated[
+        str | None, typer.Option("--mqtt-username", envvar="EDGEFLEET_MQTT_USERNAME", help="Broker user.")
+    ] = None,
+    mqtt_password: Annotated[
+        str | None,
+        typer.Option("--mqtt-password", envvar="EDGEFLEET_MQTT_PASSWORD", help="Broker password."),
+    ] = None,
+    mqtt_ca_file: Annotated[
+        Path | None, typer.Option("--mqtt-ca-file", help="CA bundle for mqtts:// (default: the system's).")
+    ] = None,
+    mqtt_topic_prefix: Annotated[
+        str,
+        typer.Option("--mqtt-topic-prefix", help="Topic prefix (the server's EDGEFLEET_MQTT_TOPIC_PREFIX)."),
+    ] = DEFAULT_TOPIC_PREFIX,
+    nudge_spread: Annotated[
+        float,
+        typer.Option("--nudge-spread", min=0.0, help="Poll a random 0 to this many seconds after a nudge."),
+    ] = DEFAULT_SPREAD_S,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the agent: enrol on first start, then poll, verify, install and report.
@@ -59,6 +89,7 @@ def run(
         typer.Exit: With code 1 when the agent cannot start, or when ``--once`` ended in a failure.
     """
     from ota.edge.agent import Agent, PollOutcome
+    from ota.edge.nudge import NudgeListener
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
     try:
@@ -80,10 +111,31 @@ def run(
     def _stop(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
+    listener = None
+    if mqtt and not once:
+        try:
+            listener = NudgeListener(
+                url=mqtt,
+                device_id=agent.device_id,
+                profile=agent.hardware.name,
+                prefix=mqtt_topic_prefix,
+                username=mqtt_username,
+                password=mqtt_password,
+                ca_file=str(mqtt_ca_file) if mqtt_ca_file else None,
+                spread_s=nudge_spread,
+            )
+        except OtaError as exc:
+            typer.echo(f"error: --mqtt: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        listener.start()
     if not once:
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-    result = agent.run(once=once, stop=stop)
+    try:
+        result = agent.run(once=once, stop=stop, wake=listener.wake if listener else None)
+    finally:
+        if listener is not None:
+            listener.stop()
     typer.echo(json.dumps({"outcome": result.outcome, "detail": result.detail, "attack": result.attack}))
     if once and result.outcome in {PollOutcome.FAILED, PollOutcome.ERROR, PollOutcome.REJECTED}:
         raise typer.Exit(1)

@@ -42,10 +42,12 @@ from urllib.parse import urlsplit
 import httpx
 
 from ota.core.logs import quiet_library_loggers
+from ota.core.nudge import DEFAULT_TOPIC_PREFIX
 from ota.core.savings import bytes_saved
 from ota.edge.config import AgentConfig
 from ota.edge.errors import EdgeError
 from ota.edge.health import HealthResult, run_health_check
+from ota.edge.nudge import DEFAULT_SPREAD_S, NudgeListener, wait_for_poll
 from ota.edge.state import InstalledModel
 
 if TYPE_CHECKING:
@@ -71,6 +73,13 @@ class FleetOptions:
     tags: tuple[str, ...] = ()
     group: str | None = None
     show_progress: bool = True
+    #: MQTT broker for push nudges (``ota.edge.nudge``); None: polling only.
+    mqtt_url: str | None = None
+    mqtt_topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    nudge_spread_s: float = DEFAULT_SPREAD_S
+    #: Each device's first poll comes a uniform random 0 to this many seconds after start (None: one poll
+    #: interval, so an enrolled fleet polls in a steady, evenly spread rhythm from the start).
+    first_poll_spread_s: float | None = None
 
 
 @dataclass
@@ -93,6 +102,8 @@ class DeviceStatus:
     #: the last value.
     settled: bool = False
     last_outcome: str = "-"
+    #: Wall-clock times (``time.time()``) at which installs started (the plan persisted, download next).
+    install_starts: list[float] = field(default_factory=list)
 
 
 #: Poll outcomes after which a device runs its assignment or waits for a new one.
@@ -249,6 +260,7 @@ def _device_loop(index: int, options: FleetOptions, events: Any, stop: Any) -> N
         ort_intra_op_threads=1,
     )
     crash_next: dict[str, bool] = {}
+    install_starts: list[float] = []
 
     def health(model: Path, vectors: Path | None, budget: float | None) -> HealthResult:
         sha = hashlib.sha256(model.read_bytes()).hexdigest()
@@ -257,6 +269,8 @@ def _device_loop(index: int, options: FleetOptions, events: Any, stop: Any) -> N
         return run_health_check(model, vectors, config=config, latency_budget_ms=budget)
 
     def fault(point: str) -> None:
+        if point == "downloading":
+            install_starts.append(time.time())
         if point == "health-check" and crash_next.pop("armed", False):
             raise SimulatedCrash
 
@@ -284,10 +298,27 @@ def _device_loop(index: int, options: FleetOptions, events: Any, stop: Any) -> N
             rng=random.Random(rng.random()),
         )
 
+    agent: Agent | None = None
+    listener = None
+    if options.mqtt_url:  # listening from the start: a nudge may end the first wait
+        agent = build()
+        listener = NudgeListener(
+            url=options.mqtt_url,
+            device_id=device_id,
+            profile=agent.hardware.name,
+            prefix=options.mqtt_topic_prefix,
+            spread_s=options.nudge_spread_s,
+            rng=random.Random(rng.random()),
+        )
+        listener.start()
+    wake = listener.wake if listener is not None else None
     # Spread the first polls so that a fleet started at once does not hit the server at once.
-    if stop.wait(rng.uniform(0, options.poll_interval_s)):
+    first = options.poll_interval_s if options.first_poll_spread_s is None else options.first_poll_spread_s
+    if wait_for_poll(stop, wake, rng.uniform(0, first)):
+        if agent is not None:
+            _close(agent, listener)
         return
-    agent = build()
+    agent = agent or build()
     while not stop.is_set():
         crash_next["armed"] = rng.random() < options.crash_rate
         crashed = False
@@ -313,9 +344,17 @@ def _device_loop(index: int, options: FleetOptions, events: Any, stop: Any) -> N
                 "version": state.committed.version if state.committed else "-",
                 "length": _full_install_length(agent, state.committed),
                 "bytes": agent.fetcher.total_bytes_transferred - bytes_before,
+                "install_starts": install_starts[:],
             }
         )
-        stop.wait(result.delay_s if result else 0.0)
+        install_starts.clear()
+        wait_for_poll(stop, wake, result.delay_s if result else 0.0)
+    _close(agent, listener)
+
+
+def _close(agent: Agent, listener: NudgeListener | None) -> None:
+    if listener is not None:
+        listener.stop()
     agent.client.close()
 
 
@@ -350,6 +389,7 @@ def _apply(summary: FleetSummary, event: dict[str, Any]) -> None:
         summary.causes[error_cause(outcome, event.get("detail"))] += 1
     if "version" in event:
         status.version = event["version"]
+    status.install_starts.extend(event.get("install_starts", ()))
     status.bytes_downloaded += int(event.get("bytes", 0))
     if outcome == "installed":
         status.installs += 1

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from ota.core.errors import DocumentFormatError
 from ota.server.assignments import ValidityHolder
 from ota.server.auth import DeviceTokens
 from ota.server.blobstore import BlobStore, open_blob_store
@@ -29,6 +30,7 @@ from ota.server.director import AssignmentCache, DirectorConfig
 from ota.server.errors import ConfigError
 from ota.server.keys import Keyring, ensure_keyring
 from ota.server.metrics import Metrics
+from ota.server.nudges import NudgePublisher, NullPublisher, attach, make_publisher
 from ota.server.settings import ServerSettings, make_private_dir
 from ota.server.tuf_repo import Expiries, ImageRepository
 
@@ -50,6 +52,7 @@ class ServerContext:
     cache: AssignmentCache = field(default_factory=AssignmentCache)
     metrics: Metrics = field(default_factory=Metrics)
     validity: ValidityHolder = field(default_factory=ValidityHolder)
+    nudges: NudgePublisher = field(default_factory=NullPublisher)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -73,7 +76,8 @@ class ServerContext:
             self.cache.observe(int(bumped))
 
     def close(self) -> None:
-        """Release database connections."""
+        """Stop the nudge publisher and release database connections."""
+        self.nudges.close()
         self.engine.dispose()
 
 
@@ -144,4 +148,19 @@ def build_context(settings: ServerSettings, *, migrate: bool | None = None) -> S
         ),
     )
     context.cache.observe(generation)
+    try:
+        context.nudges = make_publisher(
+            sessions,
+            url=settings.mqtt_url,
+            username=settings.mqtt_username,
+            password=settings.mqtt_password,
+            ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
+            prefix=settings.mqtt_topic_prefix,
+            rate=settings.mqtt_rate,
+            fanout_max=settings.mqtt_fanout_max,
+            coalesce_s=max(settings.mqtt_coalesce_seconds, settings.cache_refresh_interval),
+        )
+    except DocumentFormatError as exc:
+        raise ConfigError(f"EDGEFLEET_MQTT_URL / EDGEFLEET_MQTT_TOPIC_PREFIX: {exc}") from exc
+    attach(sessions, lambda: context.nudges, observe=context.cache.observe)
     return context

@@ -23,6 +23,7 @@ from ota.core.manifest import FAILURE_STATUSES, AdmissionState, ReportStatus
 from ota.server.db import FLEET, bump_counter, lock_name, read_counter
 from ota.server.errors import ConflictError, InvalidRequestError, NotFoundError, RolloutStateError
 from ota.server.models import AssignmentJob, AuditEntry, Device, Release, Rollout, RolloutDevice
+from ota.server.nudges import note_created, note_transition
 from ota.server.rollout_machine import (
     ACTIVE_STATES,
     DEFAULT_FAILURE_THRESHOLD,
@@ -167,6 +168,7 @@ def create_rollout(
     _changed(session, rollout)
     _audit(session, actor, "rollout.create", rollout.id, release_id=release.id, selector=selector.to_dict())
     session.flush()
+    note_created(session, rollout)  # MQTT nudge to the first cohort once this commits (no-op without broker)
     return rollout
 
 
@@ -213,8 +215,8 @@ def _locked(session: Session, rollout_id: str) -> Rollout:
 def _apply(
     session: Session, rollout: Rollout, event: RolloutEvent, actor: str, reason: str, now: datetime
 ) -> None:
-    state, index = transition(RolloutState(rollout.state), event, rollout.phase_index, len(rollout.phases))
-    old_index = rollout.phase_index
+    old_state, old_index = rollout.state, rollout.phase_index
+    state, index = transition(RolloutState(old_state), event, old_index, len(rollout.phases))
     rollout.state = state.value
     rollout.phase_index = index
     if index != old_index:
@@ -222,6 +224,7 @@ def _apply(
     rollout.updated_at = now
     rollout.reason = reason
     _changed(session, rollout)
+    note_transition(session, rollout, event, old_state=old_state, old_index=old_index)  # nudge after commit
     _audit(
         session, actor, f"rollout.{event.value}", rollout.id, state=state.value, phase=index, reason=reason
     )

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ota.core.nudge import DEFAULT_TOPIC_PREFIX
 from ota.core.signing import atomic_write_bytes
 from ota.server.errors import ConfigError
 from ota.server.rollout_machine import (
@@ -152,6 +153,18 @@ class ServerSettings(BaseSettings):
     rollout_min_soak_seconds: int = Field(default=DEFAULT_MIN_SOAK_SECONDS, ge=0)
     rollout_min_reports: int = Field(default=DEFAULT_MIN_REPORTS, ge=1)
     rollout_min_success_ratio: float = Field(default=DEFAULT_MIN_SUCCESS_RATIO, ge=0, le=1)
+    # MQTT push nudges (ota.server.nudges): empty URL = off, devices learn of changes at their next poll.
+    # mqtt[s]://[user[:password]@]host[:port]; EDGEFLEET_MQTT_USERNAME/_PASSWORD override the URL's.
+    mqtt_url: str = ""
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_ca_file: Path | None = None  # CA bundle for mqtts:// (the system's CAs when unset)
+    mqtt_topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    # Publishing pace (messages/s), the devices one change may nudge one by one before it nudges the
+    # profile's topic instead, and how long a batch gathers changes (at least cache_refresh_interval).
+    mqtt_rate: float = Field(default=500.0, gt=0)
+    mqtt_fanout_max: int = Field(default=2000, ge=1)
+    mqtt_coalesce_seconds: float = Field(default=0.5, ge=0)
 
     def phase(
         self,

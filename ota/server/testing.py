@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +41,12 @@ class Served(NamedTuple):
 
 
 @contextmanager
-def serve_in_thread(ctx: ServerContext, *, label: str) -> Iterator[Served]:
+def serve_in_thread(
+    ctx: ServerContext, *, label: str, wrap: Callable[[Any], Any] | None = None
+) -> Iterator[Served]:
     """Serve ``ctx``'s app with uvicorn in a thread on ``ctx.settings.port``; stop it (and its background
     tasks) on exit. An admin operator token and an auto-accepting provisioning token, both named after
-    ``label``, are made first.
+    ``label``, are made first. ``wrap`` wraps the ASGI app (a benchmark counts requests with it).
 
     Raises:
         RuntimeError: The server did not start within 20 s.
@@ -63,7 +65,7 @@ def serve_in_thread(ctx: ServerContext, *, label: str) -> Iterator[Served]:
     server = uvicorn.Server(
         uvicorn_config(
             ctx.settings,
-            create_app(ctx=ctx),
+            (wrap or (lambda app: app))(create_app(ctx=ctx)),
             host="127.0.0.1",
             port=port,
             log_level="warning",

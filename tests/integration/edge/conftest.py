@@ -248,7 +248,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_settings(home: Path, *, port: int, public_base_url: str | None = None) -> Any:
+def server_settings(home: Path, *, port: int, public_base_url: str | None = None, **overrides: Any) -> Any:
     """The OTA server settings of the edge tests (both tiers): fast ticks, no soak, no jitter."""
     from ota.server.settings import load_settings
 
@@ -263,18 +263,22 @@ def server_settings(home: Path, *, port: int, public_base_url: str | None = None
         resign_check_interval=3600,
         # Tests run on a fast clock: phases need their successes, not a minute's soak.
         rollout_min_soak_seconds=0,
+        **overrides,
     )
 
 
 @contextmanager
 def serve_ota(
-    home: Path, *, port: int, public_base_url: str | None = None, label: str = "edge-it"
+    home: Path, *, port: int, public_base_url: str | None = None, label: str = "edge-it", **overrides: Any
 ) -> Iterator[LiveServer]:
-    """Run the real OTA server (SQLite + local blobs) on uvicorn in a thread, on ``port``, until exit."""
+    """Run the real OTA server (SQLite + local blobs) on uvicorn in a thread, on ``port``, until exit.
+
+    ``overrides`` are more settings (the MQTT tests pass the broker's).
+    """
     from ota.server.context import build_context
     from ota.server.testing import serve_in_thread
 
-    ctx = build_context(server_settings(home, port=port, public_base_url=public_base_url))
+    ctx = build_context(server_settings(home, port=port, public_base_url=public_base_url, **overrides))
     with serve_in_thread(ctx, label=label) as served:
         yield LiveServer(served.url, home, served.admin_token, served.provisioning_token, ctx)
 
