@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ota.core.signing import atomic_write_bytes
+from ota.core.files import atomic_write_bytes
 from ota.server.errors import ConfigError
 from ota.server.rollout_machine import (
     DEFAULT_MIN_REPORTS,

@@ -11,7 +11,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipelines.demo import DemoError, make_slow_model
+from ml.errors import ExportError
+from ml.slow_model import make_slow_model
 from registry.fetch import VersionFacts
 from registry.trace import TraceError, parse_source_uri, release_source_uri
 from steps.release_config import ReleasePipelineConfig
@@ -91,7 +92,7 @@ def test_slow_graft_refuses_models_with_several_outputs(tmp_path: Path) -> None:
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("a", "b")],
     )
     onnx.save(helper.make_model(graph), str(tmp_path / "two.onnx"))
-    with pytest.raises(DemoError):
+    with pytest.raises(ExportError, match="one input and one output"):
         make_slow_model(tmp_path / "two.onnx", tmp_path / "out.onnx", matmuls=1)
 
 
