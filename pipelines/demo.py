@@ -50,7 +50,8 @@ from pipelines.paths import configure_environment, edgefleet_home
 from registry.errors import PromotionRefusedError, RegistryError
 from registry.fetch import VersionFacts, check_weights, fetch_model, version_facts
 from registry.lineage import Lineage
-from registry.promotion import PRODUCTION_ALIAS, promote, rollback
+from registry.policy import PRODUCTION_ALIAS
+from registry.promotion import promote, rollback
 from registry.store import client_for, register_variant, registered_name, version_metrics
 
 # Wide enough for the summary tables when output goes to a pipe or a CI log rather than a terminal.

@@ -25,17 +25,15 @@ from rich.markup import escape
 
 from registry.errors import PromotionRefusedError, RegistryError
 from registry.ota_history import reader_from_env
-from registry.promotion import (
+from registry.policy import (
     DEFAULT_MARGIN_ACCURACY,
     DEFAULT_MARGIN_P99,
     DEFAULT_MARGIN_P99_FLOOR_MS,
     PRODUCTION_ALIAS,
     Margins,
     gate_results,
-    promote,
-    review_promotion,
-    rollback,
 )
+from registry.promotion import promote, review_promotion, rollback
 from registry.store import (
     edgefleet_versions,
     model_aliases,

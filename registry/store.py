@@ -30,20 +30,22 @@ from ml.files import file_sha256
 from registry.errors import ModelNotFoundError, RegistryError
 from registry.lineage import Lineage
 
+# The tag names live in registry.tags (pure, shared with the promotion policy); re-exported for callers.
+from registry.tags import CANDIDATE_ALIAS as CANDIDATE_ALIAS
+from registry.tags import CONTENT_HASH_TAG as CONTENT_HASH_TAG
+from registry.tags import GATE_PREFIX as GATE_PREFIX
+from registry.tags import METRIC_PREFIX as METRIC_PREFIX
+from registry.tags import PROFILE_TAG as PROFILE_TAG
+from registry.tags import SHA256_TAG as SHA256_TAG
+from registry.tags import TAG_PREFIX as TAG_PREFIX
+from registry.tags import VARIANT_TAG as VARIANT_TAG
+from registry.tags import WEIGHTS_DIR as WEIGHTS_DIR
+from registry.tags import WEIGHTS_TAG as WEIGHTS_TAG
+from registry.tags import gates_from_tags, metrics_from_tags
+
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
-TAG_PREFIX = "edgefleet."
-CONTENT_HASH_TAG = "edgefleet.content_hash"
-PROFILE_TAG = "edgefleet.profile"
-VARIANT_TAG = "edgefleet.variant"
-SHA256_TAG = "edgefleet.sha256"
-WEIGHTS_TAG = "edgefleet.torch_weights"
-"""Set on versions (and teacher LoggedModels) that store torch weights; the value is their artifact folder."""
-WEIGHTS_DIR = "torch"
-CANDIDATE_ALIAS = "candidate"
-METRIC_PREFIX = "edgefleet.metric."
-GATE_PREFIX = "edgefleet.gate."
 # Declared, not inferred: MLflow's requirement inference loads the model in a subprocess (~10 s each).
 PIP_REQUIREMENTS = ["onnx", "onnxruntime"]
 
@@ -296,7 +298,7 @@ def register_variant(
 
 def version_metrics(version: ModelVersion) -> dict[str, float]:
     """The metrics recorded on a version (from its ``edgefleet.metric.*`` tags)."""
-    return {k[len(METRIC_PREFIX) :]: float(v) for k, v in version.tags.items() if k.startswith(METRIC_PREFIX)}
+    return metrics_from_tags(version.tags)
 
 
 def tracking_uri_from_env() -> str | None:
@@ -314,20 +316,8 @@ def use_tracking_uri(uri: str) -> None:
 
 
 def version_gates(version: ModelVersion) -> dict[str, float]:
-    """The gate limits recorded on a version at registration (its ``edgefleet.gate.*`` tags).
-
-    A tag whose value is not a number is skipped: ``GateProfile.from_config`` then reports the profile as
-    incomplete rather than this helper crashing on a hand-edited tag.
-    """
-    gates: dict[str, float] = {}
-    for key, value in version.tags.items():
-        if not key.startswith(GATE_PREFIX):
-            continue
-        try:
-            gates[key[len(GATE_PREFIX) :]] = float(value)
-        except ValueError:
-            continue
-    return gates
+    """The gate limits recorded on a version at registration (its ``edgefleet.gate.*`` tags)."""
+    return gates_from_tags(version.tags)
 
 
 def resolve_version(client: MlflowClient, name: str, version_or_alias: str) -> ModelVersion:

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ml.gates import GateResult
-from registry.promotion import (
+from registry.policy import (
     NO_GATES_CHECK,
     OTA_HISTORY_CHECK,
     PROMOTION_PREFIX,

@@ -20,15 +20,8 @@ from typer.testing import Result
 
 from registry.errors import PromotionRefusedError, RegistryError
 from registry.ota_history import ROLLOUT_ID_TAG, SERVER_TAG, RolloutRecord, read_rollout
-from registry.promotion import (
-    ARTIFACT_SHA_CHECK,
-    ARTIFACT_SIZE_CHECK,
-    OTA_HISTORY_CHECK,
-    history_events,
-    promote,
-    review_promotion,
-    rollback,
-)
+from registry.policy import ARTIFACT_SHA_CHECK, ARTIFACT_SIZE_CHECK, OTA_HISTORY_CHECK, history_events
+from registry.promotion import promote, review_promotion, rollback
 from registry.store import register_variant, use_tracking_uri
 
 from .conftest import GATES, LINEAGE, MODEL, Store, metrics_for
