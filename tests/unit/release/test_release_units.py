@@ -122,3 +122,14 @@ def test_release_config_refuses_unknown_keys_and_bad_thresholds() -> None:
         ReleasePipelineConfig.model_validate({"rollout": {"failure_threshold": 2}})
     with pytest.raises(ValueError):
         ReleasePipelineConfig.model_validate({"operator_token": "nope"})
+
+
+def test_the_release_pipeline_rollout_defaults_are_the_servers() -> None:
+    from ota.server.schemas import RolloutCreate
+    from steps.release_config import RolloutConfig
+
+    pipeline = RolloutConfig()
+    server = RolloutCreate.model_fields
+    assert pipeline.failure_threshold == server["failure_threshold"].default
+    assert pipeline.min_reports_for_abort == server["min_reports_for_abort"].default
+    assert [phase.percent for phase in pipeline.phases] == [1.0, 10.0, 50.0, 100.0]
