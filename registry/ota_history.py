@@ -78,8 +78,7 @@ def read_rollout(
         ) as api:
             rollout = api.rollout(rollout_id)
     except ApiError as exc:
-        said = exc.message if exc.code.startswith("http_") else exc.code
-        raise RegistryError(f"rollout {rollout_id}: {server} answered HTTP {exc.status}: {said}") from exc
+        raise RegistryError(f"rollout {rollout_id}: {server} answered HTTP {exc.status}: {exc.said}") from exc
     except ResponseError as exc:
         raise RegistryError(f"rollout {rollout_id}: {server}'s answer is not a rollout: {exc}") from exc
     except ClientError as exc:
