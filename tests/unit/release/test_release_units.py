@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ml.errors import ExportError
 from ml.slow_model import make_slow_model
@@ -17,6 +17,7 @@ from registry.fetch import VersionFacts
 from registry.trace import TraceError, parse_source_uri, release_source_uri
 from steps.release_config import ReleasePipelineConfig
 from steps.release_rollout import rollout_body
+from tests.onnx_factory import linear_onnx
 
 
 def _facts(name: str = "edgefleet-digits-cpu-int8-small", version: str = "7") -> VersionFacts:
@@ -59,18 +60,8 @@ def test_plain_source_uri_without_provenance_still_names_the_version() -> None:
 
 
 def _tiny_model(path: Path) -> None:
-    weights = numpy_helper.from_array(np.arange(64 * 10, dtype=np.float32).reshape(64, 10) / 640, "w")
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["x"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        [weights],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    weights = np.arange(64 * 10, dtype=np.float32).reshape(64, 10) / 640
+    path.write_bytes(linear_onnx(weights, input_shape=["batch", 1, 8, 8], name="tiny"))
 
 
 def test_slow_graft_keeps_the_logits_and_adds_work(tmp_path: Path) -> None:
