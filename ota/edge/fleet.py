@@ -45,6 +45,7 @@ import httpx
 from ota.client.api import OperatorClient
 from ota.client.errors import ApiError, ClientError, ServerUnreachableError
 from ota.client.models import Release, Rollout
+from ota.core.files import sha256_file
 from ota.core.logs import quiet_library_loggers
 from ota.core.savings import bytes_saved
 from ota.edge.config import AgentConfig
@@ -255,7 +256,7 @@ def _device_loop(index: int, options: FleetOptions, events: Any, stop: Any) -> N
     crash_next: dict[str, bool] = {}
 
     def health(model: Path, vectors: Path | None, budget: float | None) -> HealthResult:
-        sha = hashlib.sha256(model.read_bytes()).hexdigest()
+        sha = sha256_file(model)[0]
         if _unit("fail", options.seed, device_id, sha) < options.fail_rate:
             return HealthResult(ok=False, stage="selftest", reason="injected health-check failure")
         return run_health_check(model, vectors, config=config, latency_budget_ms=budget)
