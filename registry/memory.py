@@ -48,12 +48,7 @@ class InMemoryRegistry:
         )
         if number is None or number not in versions:
             raise ModelNotFoundError(f"{name} has no version or alias {version_or_alias!r}")
-        return VersionRecord(name, number, dict(versions[number]), created_ms=int(number))
-
-    def versions(self, name: str) -> list[VersionRecord]:
-        """See :meth:`RegistryPort.versions`."""
-        numbers = sorted(self._model(name), key=int, reverse=True)
-        return [self.version(name, number) for number in numbers]
+        return VersionRecord(name, number, dict(versions[number]))
 
     def aliases(self, name: str) -> dict[str, str]:
         """See :meth:`RegistryPort.aliases`."""

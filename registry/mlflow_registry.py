@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from registry.errors import RegistryError
 from registry.port import VersionRecord
-from registry.store import model_aliases, model_versions, resolve_version
+from registry.store import model_aliases, resolve_version
 from registry.tags import MODEL_FILE
 
 if TYPE_CHECKING:
@@ -34,10 +34,6 @@ class MlflowRegistry:
         """See :meth:`RegistryPort.version`."""
         found = resolve_version(self.client, name, version_or_alias)
         return _record(found)
-
-    def versions(self, name: str) -> list[VersionRecord]:
-        """See :meth:`RegistryPort.versions`."""
-        return [_record(v) for v in model_versions(self.client, name)]
 
     def aliases(self, name: str) -> dict[str, str]:
         """See :meth:`RegistryPort.aliases`."""
@@ -84,5 +80,4 @@ def _record(version: ModelVersion) -> VersionRecord:
         name=str(version.name),
         version=str(version.version),
         tags=dict(version.tags or {}),
-        created_ms=int(version.creation_timestamp or 0),
     )

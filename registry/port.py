@@ -1,5 +1,5 @@
-"""The registry port: the few operations promotion, rollback and ``models list/show`` need from a model
-registry, behind one small interface.
+"""The registry port: the few operations promotion and rollback need from a model registry, behind one
+small interface (``models list/show`` still read MLflow entities through ``registry.store``).
 
 ``registry.mlflow_registry.MlflowRegistry`` is the adapter onto MLflow (aliases and model-version tags);
 ``registry.memory.InMemoryRegistry`` is a dict-backed fake for unit tests. The promotion policy
@@ -17,12 +17,11 @@ from typing import Protocol, runtime_checkable
 
 @dataclass(frozen=True)
 class VersionRecord:
-    """One model version as the port returns it: its model, number, tags and when it was registered."""
+    """One model version as the port returns it: its model, number and tags."""
 
     name: str
     version: str
     tags: Mapping[str, str] = field(default_factory=dict)
-    created_ms: int = 0
 
 
 @runtime_checkable
@@ -34,14 +33,6 @@ class RegistryPort(Protocol):
 
         Raises:
             ModelNotFoundError: No such model, version or alias.
-        """
-        ...
-
-    def versions(self, name: str) -> list[VersionRecord]:
-        """Every version of ``name``, newest first.
-
-        Raises:
-            ModelNotFoundError: No registered model called ``name``.
         """
         ...
 
