@@ -116,7 +116,8 @@ class ActiveModel:
             EdgeError: If no model has been committed yet, or it cannot be loaded.
         """
         session = self.session()
-        outputs: list[Any] = session.run(list(output_names) if output_names is not None else None, dict(feeds))
+        names = list(output_names) if output_names is not None else None
+        outputs: list[Any] = session.run(names, dict(feeds))
         return outputs
 
     def refresh(self) -> bool:
