@@ -85,8 +85,12 @@ integration: setup test-tools
 e2e: setup
 	$(BIN)/pytest -q tests/e2e
 
+# Coverage floor on the OTA side (issue 14): 84 % of ota/ measured on tests/unit + tests/integration/server
+# alone; the full suite covers more. `make test` fails below the floor.
+COV_FLOOR ?= 80
+
 test: setup test-tools lint typecheck contracts
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --cov=ota --cov-report=term:skip-covered --cov-fail-under=$(COV_FLOOR) tests
 
 # Debian packages the integration tier runs for real: the Mosquitto broker of the MQTT nudge tests (each
 # test starts its own on a free port; without the binary those tests are skipped).

@@ -15,7 +15,6 @@ Baselines: bsdiff4 and HDiffPatch (LZMA2, its strongest codec), ``xdelta3 -9``,
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import shutil
 import statistics
@@ -31,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "delta"
 PYTHON = sys.executable
 sys.path.insert(0, str(ROOT))
+
+from ml.files import atomic_path, file_sha256  # noqa: E402  (after the path insert: run as a script)
 
 SCENARIOS = ["finetune", "head-only", "scratch", "int8-finetune", "int8-head-only", "metadata"]
 
@@ -127,12 +128,11 @@ def _export(model, kind: str, path: Path) -> None:  # type: ignore[no-untyped-de
     import torch
 
     size = 64 if kind == "resnet18" else 32
-    tmp = path.with_suffix(".tmp.onnx")
-    torch.onnx.export(
-        model, (torch.randn(1, 3, size, size),), str(tmp), dynamo=True, external_data=False,
-        input_names=["input"], output_names=["logits"],
-    )  # fmt: skip
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.onnx.export(
+            model, (torch.randn(1, 3, size, size),), str(tmp), dynamo=True, external_data=False,
+            input_names=["input"], output_names=["logits"],
+        )  # fmt: skip
 
 
 def _quantize(source: Path, target: Path, kind: str) -> None:
@@ -150,12 +150,11 @@ def _quantize(source: Path, target: Path, kind: str) -> None:
         def get_next(self):  # type: ignore[no-untyped-def]
             return next(self.items, None)
 
-    tmp = target.with_suffix(".tmp.onnx")
-    quantize_static(
-        str(source), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-    )  # fmt: skip
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        quantize_static(
+            str(source), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+        )  # fmt: skip
 
 
 def metadata_release(onnx_model, *, release: str = "2026.11.28"):  # type: ignore[no-untyped-def]
@@ -393,7 +392,7 @@ BASELINES: dict[str, Callable[[Path | None, Path, Path], tuple[Result, Path]]] =
 
 
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 def run_model(kind: str, tools: list[str], scenarios: list[str], *, full: bool = True) -> list[str]:

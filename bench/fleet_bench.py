@@ -37,7 +37,9 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ota.client.api import OperatorClient as OtaApi
-from pipelines.demo import DemoOptions, RunningServer, drive_fleet, ota_server
+from ota.edge.fleet import FleetOptions
+from ota.edge.fleet_driver import drive_rollout
+from ota.server.testing import ServerProcess, serve_process
 
 PROFILE = "bench-cpu"
 PHASES = [1, 10, 50, 100]
@@ -85,7 +87,7 @@ class Row:
 
 
 def roll_out(
-    server: RunningServer,
+    server: ServerProcess,
     api: OtaApi,
     artifact: bytes,
     *,
@@ -96,8 +98,9 @@ def roll_out(
 ) -> tuple[float, Any]:
     """Publish ``artifact``, start a rollout, run the fleet until it settles; return (seconds, summary).
 
-    The fleet loop is the demo's (``drive_fleet``): it stops once the rollout is final and every device
-    reports the new model to the server, and fails if that takes longer than ``--timeout``.
+    The fleet loop is the demo's (``ota.edge.fleet_driver.drive_rollout``): it stops once the rollout is
+    final and every device reports the new model to the server, and fails if that takes longer than
+    ``--timeout``.
     """
     release = api.publish_release(
         artifact, model="bench", version=version, profile=PROFILE, source_uri=f"bench:{version}"
@@ -108,20 +111,20 @@ def roll_out(
         "failure_threshold": 0.2,
     }
     rollout = api.start_rollout(body)
-    options = DemoOptions(
+    options = FleetOptions(
+        server=server.url,
         devices=args.devices,
+        provisioning_token=server.provisioning_token,
         processes=args.processes,
+        duration_s=args.timeout,
         poll_interval_s=args.poll_interval,
-        phase_timeout_s=args.timeout,
+        work_dir=fleet_dir,
+        profile=PROFILE,
+        show_progress=True,
     )
     started = time.monotonic()
-    summary = drive_fleet(
-        server,
-        options,
-        profile=PROFILE,
-        fleet_dir=fleet_dir,
-        rollout_id=rollout.id,
-        expect_version=version,
+    summary = drive_rollout(
+        options, operator_token=server.operator_token, rollout_id=rollout.id, expect_version=version
     )
     return time.monotonic() - started, summary
 
@@ -149,7 +152,10 @@ def run_database(name: str, database_url: str | None, args: Any) -> list[Row]:
         os.environ["EDGEFLEET_DATABASE_URL"] = database_url
     rows: list[Row] = []
     try:
-        with ota_server(home) as server, OtaApi(base_url=server.url, token=server.operator_token) as api:
+        with (
+            serve_process(home, label="fleet-bench") as server,
+            OtaApi(base_url=server.url, token=server.operator_token) as api,
+        ):
             for label, artifact, version, phases in (
                 ("v1 full 100%", v1, "1", [100]),
                 ("v2 delta 1-10-50-100%", v2, "2", PHASES),

@@ -96,14 +96,6 @@ def serve(kind: str, port: int) -> None:
         uvicorn.run(create_app_from_env(), **uvicorn_options(port))
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def prepare(home: Path, devices: int, working_set: int) -> list[tuple[str, str]]:
     """Create the server state: release, rollout, ``devices`` enrolled devices; return tokens to poll."""
     from sqlalchemy import insert
@@ -238,6 +230,8 @@ def main() -> None:
         print(
             f"enrolled {args.devices} devices in {time.perf_counter() - started:.1f}s; polling {len(tokens)}"
         )
+
+        from ota.server.testing import free_port
 
         results: dict[str, dict[str, float]] = {}
         lua = home / "poll.lua"

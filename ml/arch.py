@@ -19,7 +19,6 @@ fails the pipeline's first step with a message that says what to write instead.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import re
@@ -31,6 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ml import files
 from ml.errors import MLError
 from ml.nets import ConvNet, build_net, specs_for_input
 
@@ -293,14 +293,10 @@ def file_sha256(path: str | Path) -> str:
     Raises:
         ArchError: The file cannot be read.
     """
-    digest = hashlib.sha256()
     try:
-        with Path(path).open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        return files.file_sha256(Path(path))
     except OSError as exc:
         raise ArchError(f"cannot read weights file {path}: {exc}") from exc
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -17,11 +17,7 @@ locally. onnxscript stays a dependency so a later move to the dynamo exporter is
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +27,7 @@ import torch
 from torch import nn
 
 from ml.errors import DataError, ExportError
+from ml.files import atomic_path, write_atomic
 
 #: Argmax agreement below which an export is rejected (the issue asks for ≥ 99.9 %).
 MIN_ARGMAX_AGREEMENT = 0.999
@@ -47,29 +44,6 @@ class ParityReport:
     samples: int
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and ``os.replace`` it onto ``path``.
-
-    Writers that only accept a file name (the torch exporter, ORT's quantizer) write to the
-    yielded path, so a crash never leaves a half-written model under the final name.
-
-    Raises:
-        OSError: The folder cannot be created or the file cannot be moved into place.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with tmp.open("rb+") as handle:
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
     """Serialise ``model`` to ``path`` atomically (temp file + fsync + replace).
 
@@ -77,9 +51,7 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
         ExportError: The model cannot be serialised or written.
     """
     try:
-        with atomic_path(path) as tmp, tmp.open("wb") as handle:
-            handle.write(model.SerializeToString())
-            handle.flush()
+        write_atomic(path, model.SerializeToString())
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot write ONNX model to {path}: {exc}") from exc
     return path

@@ -16,14 +16,13 @@ fine-tune stays exactly the one its parent was scored on. The result goes to an 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ml.data import Arrays, load_dataset, split_indices, validate
 from ml.errors import DataError
+from ml.files import atomic_writer
 
 
 def jitter(
@@ -125,10 +124,6 @@ def write_npz(path: Path, arrays: Arrays) -> Path:
         OSError: The folder cannot be created or written.
     """
     x, y, names = arrays
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
+    with atomic_writer(path) as handle:
         np.savez_compressed(handle, x=x, y=y, class_names=np.array(names, dtype=str))
-        handle.flush()
-        os.fsync(handle.fileno())
-    Path(handle.name).replace(path)
     return path

@@ -44,7 +44,8 @@ from torch import nn
 from torch.ao import quantization as tq
 
 from ml.errors import DataError, ExportError, QuantizationError
-from ml.export import atomic_path, export_onnx, save_onnx
+from ml.export import export_onnx, save_onnx
+from ml.files import atomic_path
 from ml.nets import ConvBlock, ConvNet
 
 #: Progress callback: ``progress(done, total)``.

@@ -30,8 +30,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -45,7 +43,7 @@ from torch.nn.utils import prune
 from ml.arch import DEFAULT_ARCH, ArchError, arch_of, build_model
 from ml.data import DataSplits
 from ml.errors import WarmStartError
-from ml.files import file_sha256
+from ml.files import atomic_writer, copy_atomic, file_sha256, write_atomic
 from ml.nets import ConvNet, NetSpec, build_net
 
 CARD_FORMAT = "edgefleet.convnet/1"
@@ -176,16 +174,8 @@ class LoadedNet:
     card: NetCard
 
 
-def _sha256(path: Path) -> str:
-    return file_sha256(path)
-
-
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(data, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    Path(handle.name).replace(path)
+    write_atomic(path, json.dumps(data, indent=1).encode())
 
 
 def weight_sparsity(model: nn.Module) -> float:
@@ -237,9 +227,8 @@ def save_net(model: nn.Module, folder: Path, stem: str, *, variant: str, splits:
         )
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{stem}.pt"
-    staged = weights.with_suffix(".pt.part")
-    torch.save({key: value.detach().cpu().clone() for key, value in state.items()}, staged)
-    staged.replace(weights)
+    with atomic_writer(weights) as handle:
+        torch.save({key: value.detach().cpu().clone() for key, value in state.items()}, handle)
     card = NetCard(
         variant=variant,
         spec=spec,
@@ -252,7 +241,7 @@ def save_net(model: nn.Module, folder: Path, stem: str, *, variant: str, splits:
         channel_mean=splits.channel_mean,
         channel_std=splits.channel_std,
         weight_sparsity=weight_sparsity(model),
-        weights_sha256=_sha256(weights),
+        weights_sha256=file_sha256(weights),
     )
     path = folder / f"{stem}.json"
     _write_json(path, card.to_json())
@@ -284,7 +273,7 @@ def load_net(folder: Path, stem: str) -> LoadedNet:
     weights = folder / f"{stem}.pt"
     if not weights.is_file():
         raise WarmStartError(f"{weights} is missing (its card {stem}.json is there)")
-    digest = _sha256(weights)
+    digest = file_sha256(weights)
     if digest != card.weights_sha256:
         raise WarmStartError(
             f"{weights} has sha256 {digest[:12]}…, its card records {card.weights_sha256[:12]}…"
@@ -394,9 +383,7 @@ def copy_net(source: Path, stem: str, destination: Path, new_stem: str, **card_c
         raise WarmStartError(f"cannot change the weights card: {exc}") from exc
     destination.mkdir(parents=True, exist_ok=True)
     weights = destination / f"{new_stem}.pt"
-    staged = weights.with_suffix(".pt.part")
-    staged.write_bytes((source / f"{stem}.pt").read_bytes())
-    staged.replace(weights)
+    copy_atomic(source / f"{stem}.pt", weights)
     path = destination / f"{new_stem}.json"
     _write_json(path, card.to_json())
     return path

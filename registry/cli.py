@@ -22,14 +22,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from registry.errors import PromotionRefusedError, RegistryError
-from registry.fields import (
+from registry.fields import VersionLike, group_edgefleet_versions
+from registry.policy import (
     DEFAULT_MARGIN_ACCURACY,
     DEFAULT_MARGIN_P99,
     DEFAULT_MARGIN_P99_FLOOR_MS,
     PRODUCTION_ALIAS,
-    VersionLike,
     gate_results,
-    group_edgefleet_versions,
 )
 from registry.readmodel import SqlRegistryReader, open_reader
 from registry.uris import existing_store_uri, open_registry, resolve_tracking_uri
@@ -232,7 +231,8 @@ def promote_version(
     out = _stdout()
     with _reported():
         from registry.ota_history import reader_from_env
-        from registry.promotion import Margins, promote, review_promotion
+        from registry.policy import Margins
+        from registry.promotion import promote, review_promotion
 
         client = open_registry(tracking_uri)
         margins = Margins(accuracy=margin_accuracy, p99=margin_p99, p99_floor_ms=margin_p99_floor_ms)

@@ -3,10 +3,15 @@
 RegistryError
 ├── ModelNotFoundError     no such registered model, version or alias
 │   └── WeightsNotFoundError  the version exists but stores no torch weights to fine-tune from
-└── PromotionRefusedError  promotion gates failed; the message is the gate table
+└── PromotionRefusedError  promotion gates failed; the message is the gate table, ``review`` the checks
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from registry.policy import PromotionReview
 
 
 class RegistryError(Exception):
@@ -22,4 +27,13 @@ class WeightsNotFoundError(ModelNotFoundError):
 
 
 class PromotionRefusedError(RegistryError):
-    """A promotion failed its gates and was not forced."""
+    """A promotion was refused: a check failed and it was not forced, or the request itself is not allowed.
+
+    Attributes:
+        review: Every check of the refused promotion (``review.checks``, ``review.failures``); None when the
+            request was refused before any check ran (``--force`` without a reason, a reserved alias).
+    """
+
+    def __init__(self, message: str, *, review: PromotionReview | None = None) -> None:
+        super().__init__(message)
+        self.review = review

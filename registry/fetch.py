@@ -10,7 +10,6 @@ trace command never see an MLflow object.
 from __future__ import annotations
 
 import re
-import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,15 +19,15 @@ import mlflow.artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ml.files import copy_atomic, file_sha256
 from registry.errors import ModelNotFoundError, RegistryError, WeightsNotFoundError
-from registry.fields import logged_model_id
 from registry.store import (
     PROFILE_TAG,
     SHA256_TAG,
     WEIGHTS_DIR,
     WEIGHTS_TAG,
     client_for,
-    file_sha256,
+    logged_model_id,
     model_aliases,
     resolve_version,
 )
@@ -178,10 +177,8 @@ def fetch_model(
         if not found:
             raise RegistryError(f"{facts.model_uri} holds no {MODEL_FILE}")
         target = destination / f"{name}-{facts.version}.onnx"
-        # Same-folder move, so the final name only ever holds a complete file.
-        staged = destination / f".{target.name}.part"
-        shutil.copyfile(found[0], staged)
-        staged.replace(target)
+        # Atomic copy, so the final name only ever holds a complete file.
+        copy_atomic(found[0], target)
     digest = file_sha256(target)
     if facts.sha256 and digest != facts.sha256:
         target.unlink(missing_ok=True)
@@ -243,9 +240,7 @@ def _download_dir(client: MlflowClient, model_id: str, destination: Path, *, wha
             target = destination / file.name
             if target.exists():
                 raise RegistryError(f"{what}: weights file {file.name} would overwrite another one")
-            staged = destination / f".{file.name}.part"
-            shutil.copyfile(file, staged)
-            staged.replace(target)
+            copy_atomic(file, target)
             copied.append(target)
     return copied
 

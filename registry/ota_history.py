@@ -4,21 +4,21 @@ The release pipeline tags each released version with ``edgefleet.release.{id,rol
 (``registry.promotion``) asks here for the state of that rollout, so that a version whose rollout aborted
 on its own (devices failed its health check) is not promoted again without ``--force --reason``.
 
-The HTTP call is a small local function for now: ``ota/client/`` (the operator CLI's client over the API)
-is being written beside this; :func:`read_rollout` should become a call to it when it lands. Every failure
-is a :class:`~registry.errors.RegistryError` naming the server and the cause; answers are capped and
-parsed here only.
+The HTTP call goes through the operator client (``ota.client.api.OperatorClient``), which caps and parses
+the answer; every failure becomes a :class:`~registry.errors.RegistryError` naming the server and the
+cause.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
 
+from ota.client.api import OperatorClient
+from ota.client.errors import ApiError, ClientError, ResponseError
 from registry.errors import RegistryError
 
 RELEASE_PREFIX = "edgefleet.release."
@@ -56,7 +56,7 @@ class RolloutReader(Protocol):
 
 
 def read_rollout(
-    server: str, rollout_id: str, *, token: str, client: httpx.Client | None = None
+    server: str, rollout_id: str, *, token: str, transport: httpx.BaseTransport | None = None
 ) -> RolloutRecord:
     """``GET {server}/v1/rollouts/{rollout_id}`` with an operator token (read scope).
 
@@ -64,7 +64,7 @@ def read_rollout(
         server: Base URL of the OTA server.
         rollout_id: The rollout to read.
         token: An operator token.
-        client: An HTTP client (tests pass one with a mock transport).
+        transport: The HTTP transport (tests pass a mock one); a real connection by default.
 
     Returns:
         The rollout's state and reason.
@@ -72,39 +72,18 @@ def read_rollout(
     Raises:
         RegistryError: The call failed, the server answered an error, or the answer is not a rollout.
     """
-    url = f"{server.rstrip('/')}/v1/rollouts/{rollout_id}"
-    own = client is None
-    http = client or httpx.Client(timeout=10.0)
     try:
-        with http.stream("GET", url, headers={"Authorization": f"Bearer {token}"}) as answer:
-            body = bytearray()
-            for chunk in answer.iter_bytes():
-                body += chunk
-                if len(body) > MAX_ANSWER_BYTES:
-                    raise RegistryError(
-                        f"rollout {rollout_id}: {server} answered over {MAX_ANSWER_BYTES} bytes"
-                    )
-            status = answer.status_code
-    except httpx.HTTPError as exc:
-        raise RegistryError(
-            f"cannot read rollout {rollout_id} from {server}: {type(exc).__name__}: {exc}"
-        ) from exc
-    finally:
-        if own:
-            http.close()
-    try:
-        document = json.loads(bytes(body))
-    except ValueError as exc:
-        raise RegistryError(f"rollout {rollout_id}: {server} answered HTTP {status}, not JSON") from exc
-    if status != 200:
-        message = document.get("error") or document.get("detail") if isinstance(document, dict) else None
-        raise RegistryError(f"rollout {rollout_id}: {server} answered HTTP {status}: {message or document}")
-    if not isinstance(document, dict) or not isinstance(document.get("state"), str):
-        raise RegistryError(f"rollout {rollout_id}: {server}'s answer is not a rollout")
-    reason = document.get("reason")
-    return RolloutRecord(
-        str(document.get("id", rollout_id)), document["state"], str(reason) if reason else None
-    )
+        with OperatorClient(
+            base_url=server, token=token, timeout_s=10.0, max_body_bytes=MAX_ANSWER_BYTES, transport=transport
+        ) as api:
+            rollout = api.rollout(rollout_id)
+    except ApiError as exc:
+        raise RegistryError(f"rollout {rollout_id}: {server} answered HTTP {exc.status}: {exc.said}") from exc
+    except ResponseError as exc:
+        raise RegistryError(f"rollout {rollout_id}: {server}'s answer is not a rollout: {exc}") from exc
+    except ClientError as exc:
+        raise RegistryError(f"cannot read rollout {rollout_id} from {server}: {exc}") from exc
+    return RolloutRecord(rollout.id, rollout.state, rollout.reason or None)
 
 
 def reader_from_env() -> RolloutReader | None:

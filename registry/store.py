@@ -28,24 +28,26 @@ from mlflow.utils import workspace_utils
 
 from ml.files import file_sha256
 from registry.errors import ModelNotFoundError, RegistryError
-from registry.fields import (
-    CANDIDATE_ALIAS,
-    CONTENT_HASH_TAG,
-    GATE_PREFIX,
-    METRIC_PREFIX,
-    PROFILE_TAG,
-    SHA256_TAG,
-    VARIANT_TAG,
-    WEIGHTS_TAG,
-    group_edgefleet_versions,
-    newest_first,
-)
+from registry.fields import group_edgefleet_versions, newest_first
+from registry.fields import logged_model_id as logged_model_id
 from registry.lineage import Lineage
+
+# The tag names live in registry.tags (pure, shared with the promotion policy); re-exported for callers.
+from registry.tags import CANDIDATE_ALIAS as CANDIDATE_ALIAS
+from registry.tags import CONTENT_HASH_TAG as CONTENT_HASH_TAG
+from registry.tags import GATE_PREFIX as GATE_PREFIX
+from registry.tags import METRIC_PREFIX as METRIC_PREFIX
+from registry.tags import PROFILE_TAG as PROFILE_TAG
+from registry.tags import SHA256_TAG as SHA256_TAG
+from registry.tags import TAG_PREFIX as TAG_PREFIX
+from registry.tags import VARIANT_TAG as VARIANT_TAG
+from registry.tags import WEIGHTS_DIR as WEIGHTS_DIR
+from registry.tags import WEIGHTS_TAG as WEIGHTS_TAG
+from registry.tags import gates_from_tags, metrics_from_tags
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
-WEIGHTS_DIR = "torch"
 # Declared, not inferred: MLflow's requirement inference loads the model in a subprocess (~10 s each).
 PIP_REQUIREMENTS = ["onnx", "onnxruntime"]
 
@@ -296,6 +298,11 @@ def register_variant(
     )
 
 
+def version_metrics(version: ModelVersion) -> dict[str, float]:
+    """The metrics recorded on a version (from its ``edgefleet.metric.*`` tags)."""
+    return metrics_from_tags(version.tags)
+
+
 def tracking_uri_from_env() -> str | None:
     """``MLFLOW_TRACKING_URI`` if set, else None (the caller then uses the stack's or embedded URI)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or None
@@ -308,6 +315,11 @@ def use_tracking_uri(uri: str) -> None:
 
 
 # --- Read helpers for ``edgefleet models`` and ``registry.promotion`` (all take an explicit client). ---
+
+
+def version_gates(version: ModelVersion) -> dict[str, float]:
+    """The gate limits recorded on a version at registration (its ``edgefleet.gate.*`` tags)."""
+    return gates_from_tags(version.tags)
 
 
 def resolve_version(client: MlflowClient, name: str, version_or_alias: str) -> ModelVersion:

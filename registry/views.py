@@ -9,31 +9,23 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from ml.gates import GateResult
-from registry.fields import (
-    CONTENT_HASH_TAG,
+from registry.fields import VersionLike, logged_model_id
+from registry.policy import (
     NO_GATES_CHECK,
     OTA_HISTORY_CHECK,
-    PROFILE_TAG,
     PROMOTION_PREFIX,
     ROLLBACK_PREFIX,
-    SHA256_TAG,
     TEXT_CHECKS,
-    VARIANT_TAG,
-    VersionLike,
+    PromotionReview,
     history_events,
-    logged_model_id,
-    version_metrics,
 )
-
-if TYPE_CHECKING:
-    from registry.promotion import PromotionReview
+from registry.tags import CONTENT_HASH_TAG, PROFILE_TAG, SHA256_TAG, VARIANT_TAG, metrics_from_tags
 
 LINEAGE_PREFIX = "edgefleet.lineage."
 # The metrics an ML engineer decides on, in reading order; the rest follow alphabetically.
@@ -120,7 +112,7 @@ def versions_table(
     for column in ("accuracy", "Δ teacher", "KB", "P50 ms", "P99 ms", "age"):
         table.add_column(column, justify="right", no_wrap=True)
     for version in versions:
-        metrics = version_metrics(version)
+        metrics = metrics_from_tags(version.tags)
         table.add_row(
             str(version.version),
             _aliases_of(str(version.version), aliases, "\n"),
@@ -176,7 +168,7 @@ def version_detail(
     ]
     parts: list[RenderableType] = [_key_value_table(f"{version.name} version {number}", identity)]
     parts.append(_key_value_table("lineage", _tags_under(version, LINEAGE_PREFIX) or [("—", "no lineage")]))
-    metrics = version_metrics(version)
+    metrics = metrics_from_tags(version.tags)
     metric_table = Table(title="metrics", title_justify="left")
     metric_table.add_column("metric", no_wrap=True)
     metric_table.add_column("value", justify="right")
@@ -247,7 +239,7 @@ def gates_table(title: str, results: Mapping[str, Sequence[GateResult]]) -> Tabl
 
 def compare_table(name: str, a: VersionLike, b: VersionLike) -> Table:
     """Metrics of two versions side by side with the difference ``B - A``."""
-    metrics_a, metrics_b = version_metrics(a), version_metrics(b)
+    metrics_a, metrics_b = metrics_from_tags(a.tags), metrics_from_tags(b.tags)
     table = Table(title=f"{name}: version {a.version} (A) vs {b.version} (B)", title_justify="left")
     table.add_column("metric", no_wrap=True)
     table.add_column(f"A = v{a.version}", justify="right", no_wrap=True)

@@ -12,6 +12,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ml.config import DataConfig
+from ota.core.rollout_defaults import (
+    DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_MIN_REPORTS_FOR_ABORT,
+    DEFAULT_PERCENTS,
+)
 from registry.release_inputs import VectorsSpec
 
 
@@ -50,12 +55,14 @@ class PhaseConfig(_Section):
 class RolloutConfig(_Section):
     """Phases and the automatic abort rule of the rollout the pipeline starts."""
 
+    # The defaults are the server's (one owner: ota.core.rollout_defaults), so a config that leaves them
+    # out gets the rollout an operator's `edgefleet rollout start` would.
     phases: list[PhaseConfig] = Field(
-        default_factory=lambda: [PhaseConfig(percent=p) for p in (1.0, 10.0, 50.0, 100.0)],
+        default_factory=lambda: [PhaseConfig(percent=p) for p in DEFAULT_PERCENTS],
         min_length=1,
     )
-    failure_threshold: float = Field(0.1, ge=0, le=1)
-    min_reports_for_abort: int = Field(2, ge=1)
+    failure_threshold: float = Field(DEFAULT_FAILURE_THRESHOLD, ge=0, le=1)
+    min_reports_for_abort: int = Field(DEFAULT_MIN_REPORTS_FOR_ABORT, ge=1)
     abort_action: Literal["abort", "pause"] = "abort"
     progress_timeout: int = Field(3600, ge=1)
     group: str | None = None

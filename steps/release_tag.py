@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 from zenml import step
 
+from ml.files import file_sha256
 from ota.client.config import server_url_from_env
 from registry.fetch import RELEASE_PREFIX, tag_version
-from registry.store import file_sha256
 from steps._runtime import ensure_tracking_uri
 from steps.release_config import ReleasePipelineConfig
 

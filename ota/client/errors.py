@@ -51,6 +51,11 @@ class ApiError(ClientError):
         self.code = code
         self.message = message
 
+    @property
+    def said(self) -> str:
+        """The server's own words: its error code when it sent one, else its message."""
+        return self.message if self.code.startswith("http_") else self.code
+
 
 class AuthenticationError(ApiError):
     """401: the operator token is missing, unknown or revoked."""

@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK_BYTES = 1 << 20
 
@@ -29,31 +32,52 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``, dir fsync.
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Open a temp file beside ``path`` for writing; on a clean exit fsync it, ``os.replace`` it onto ``path``
+    and fsync the folder. On any error (the block's included) the temp file is removed, ``path`` untouched.
 
     Args:
         path: Destination file; its parent folder is created if missing.
-        data: Bytes to write.
         mode: Permission bits of the final file (``0o600`` for private keys), set before any byte lands.
+
+    Raises:
+        OSError: The folder or file cannot be written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_writer`).
 
     Raises:
         OSError: The folder or file cannot be written; the old file, if any, is left untouched.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp_name).replace(path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            Path(tmp_name).unlink()
-        raise
-    fsync_dir(path.parent)
+    with atomic_writer(path, mode=mode) as handle:
+        handle.write(data)
+
+
+def atomic_copy(source: Path, path: Path, *, mode: int = 0o644, chunk: int = CHUNK_BYTES) -> None:
+    """Copy ``source`` onto ``path`` atomically, streamed in bounded memory.
+
+    Raises:
+        OSError: ``source`` cannot be read or ``path`` written; ``path`` is left untouched.
+    """
+    with source.open("rb") as src, atomic_writer(path, mode=mode) as dst:
+        shutil.copyfileobj(src, dst, chunk)
 
 
 def sha256_file(path: Path, *, chunk: int = CHUNK_BYTES) -> tuple[str, int]:

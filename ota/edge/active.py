@@ -116,7 +116,9 @@ class ActiveModel:
             EdgeError: If no model has been committed yet, or it cannot be loaded.
         """
         session = self.session()
-        return session.run(list(output_names) if output_names is not None else None, dict(feeds))
+        names = list(output_names) if output_names is not None else None
+        outputs: list[Any] = session.run(names, dict(feeds))
+        return outputs
 
     def refresh(self) -> bool:
         """Swap to the committed model if it changed since the last look.

@@ -34,6 +34,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ota.client.api import OperatorClient
+from ota.client.errors import ApiError, ClientError, ServerUnreachableError
+from ota.client.models import Release, Rollout
+from ota.core.files import sha256_file
 from ota.core.logs import quiet_library_loggers
 from ota.core.nudge import DEFAULT_TOPIC_PREFIX
 from ota.core.savings import bytes_saved
@@ -263,7 +268,7 @@ def _device_loop(index: int, options: FleetOptions, events: Any, stop: Any) -> N
     install_starts: list[float] = []
 
     def health(model: Path, vectors: Path | None, budget: float | None) -> HealthResult:
-        sha = hashlib.sha256(model.read_bytes()).hexdigest()
+        sha = sha256_file(model)[0]
         if _unit("fail", options.seed, device_id, sha) < options.fail_rate:
             return HealthResult(ok=False, stage="selftest", reason="injected health-check failure")
         return run_health_check(model, vectors, config=config, latency_budget_ms=budget)
@@ -667,60 +672,48 @@ class FleetSetupError(EdgeError):
 
 
 class OperatorApi:
-    """The few operator calls the simulator makes (releases, rollouts, a provisioning token).
-
-    A small local client: when ``ota.client`` (the operator CLI's client) lands, this class should become
-    a thin use of it. Answers are parsed here and every failure is a :class:`FleetSetupError` naming the
-    HTTP status and the server's message.
+    """The few operator calls the simulator makes (releases, rollouts, a provisioning token), through the
+    operator client (:class:`ota.client.api.OperatorClient`, which caps and parses every answer); every
+    failure is a :class:`FleetSetupError` naming the HTTP status and the server's message.
 
     Args:
         server: Base URL of the OTA server.
         token: An operator token.
-        client: An HTTP client (tests inject a transport).
+        transport: The HTTP transport (tests inject a mock one); a real connection by default.
     """
 
-    def __init__(self, server: str, token: str, *, client: httpx.Client | None = None) -> None:
+    def __init__(self, server: str, token: str, *, transport: httpx.BaseTransport | None = None) -> None:
         self.server = server.rstrip("/")
-        self.token = token
-        self.client = client or httpx.Client(timeout=10.0)
+        self.client = OperatorClient(base_url=self.server, token=token, timeout_s=10.0, transport=transport)
 
-    def _call(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
+    @contextmanager
+    def _asking(self, what: str) -> Iterator[None]:
         try:
-            answer = self.client.request(
-                method, f"{self.server}{path}", headers={"Authorization": f"Bearer {self.token}"}, **kwargs
-            )
-        except httpx.HTTPError as exc:
-            raise FleetSetupError(f"{what}: cannot reach {self.server}: {type(exc).__name__}: {exc}") from exc
-        if answer.status_code >= 400:
-            raise FleetSetupError(
-                f"{what}: the server answered HTTP {answer.status_code}: {_server_message(answer.text[:400])}"
-            )
-        try:
-            return answer.json()
-        except ValueError as exc:
-            raise FleetSetupError(f"{what}: the server's answer is not JSON") from exc
+            yield
+        except ApiError as exc:
+            raise FleetSetupError(f"{what}: the server answered HTTP {exc.status}: {exc.said}") from exc
+        except ServerUnreachableError as exc:
+            raise FleetSetupError(f"{what}: cannot reach {self.server}: {exc}") from exc
+        except ClientError as exc:
+            raise FleetSetupError(f"{what}: {exc}") from exc
 
-    def releases(self) -> list[dict[str, Any]]:
+    def releases(self) -> list[Release]:
         """``GET /v1/releases`` (read scope).
 
         Raises:
             FleetSetupError: The call failed or the answer is not a list of releases.
         """
-        rows = self._call("GET", "/v1/releases", "listing releases")
-        if not isinstance(rows, list) or not all(isinstance(r, dict) and "profile" in r for r in rows):
-            raise FleetSetupError("listing releases: the answer is not a list of releases")
-        return rows
+        with self._asking("listing releases"):
+            return self.client.releases()
 
-    def rollouts(self) -> list[dict[str, Any]]:
+    def rollouts(self) -> list[Rollout]:
         """``GET /v1/rollouts`` (read scope).
 
         Raises:
             FleetSetupError: The call failed or the answer is not a list of rollouts.
         """
-        rows = self._call("GET", "/v1/rollouts", "listing rollouts")
-        if not isinstance(rows, list) or not all(isinstance(r, dict) and "state" in r for r in rows):
-            raise FleetSetupError("listing rollouts: the answer is not a list of rollouts")
-        return rows
+        with self._asking("listing rollouts"):
+            return self.client.rollouts()
 
     def create_provisioning_token(self, name: str) -> str:
         """``POST /v1/provisioning-tokens`` with auto-accept (admin scope); return the token's value.
@@ -728,15 +721,8 @@ class OperatorApi:
         Raises:
             FleetSetupError: The call failed (a token without the admin scope gets HTTP 403).
         """
-        created = self._call(
-            "POST",
-            "/v1/provisioning-tokens",
-            "creating a provisioning token",
-            json={"name": name, "auto_accept": True},
-        )
-        if not isinstance(created, dict) or not isinstance(created.get("token"), str):
-            raise FleetSetupError("creating a provisioning token: the answer has no token")
-        return str(created["token"])
+        with self._asking("creating a provisioning token"):
+            return self.client.create_provisioning_token(name=name, auto_accept=True).token
 
     def profile_rollout_running(self, profile: str) -> bool:
         """Whether a rollout for ``profile`` is still running (paused ones wait for an operator).
@@ -744,10 +730,7 @@ class OperatorApi:
         Raises:
             FleetSetupError: The call failed.
         """
-        return any(
-            r.get("state") == "running" and (r.get("selector") or {}).get("profile") == profile
-            for r in self.rollouts()
-        )
+        return any(r.state == "running" and r.selector.get("profile") == profile for r in self.rollouts())
 
 
 def server_work_dir(base: Path, server: str, *, client: httpx.Client | None = None) -> Path:
@@ -803,7 +786,7 @@ def prepare_fleet(
     profile = options.profile
     if api is not None:
         releases = api.releases()
-        profiles = sorted({str(r["profile"]) for r in releases})
+        profiles = sorted({r.profile for r in releases})
         if not profiles:
             raise FleetSetupError(
                 f"{options.server} has no release yet: publish one first (edgefleet release publish)"

@@ -28,15 +28,9 @@ def fsync_dir(directory: Path) -> None:
         SlotError: If the directory cannot be opened or flushed.
     """
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError as exc:
-        raise SlotError(f"cannot open directory {directory} to fsync it: {exc}") from exc
-    try:
-        os.fsync(fd)
+        core_files.fsync_dir(directory)
     except OSError as exc:
         raise SlotError(f"cannot fsync directory {directory}: {exc}") from exc
-    finally:
-        os.close(fd)
 
 
 def ensure_private_dir(directory: Path) -> None:

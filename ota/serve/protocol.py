@@ -165,7 +165,7 @@ def _rows(inputs: dict[str, np.ndarray], model: ServedModel, max_batch_size: int
     counts = {array.shape[0] for array in inputs.values()}
     if len(counts) != 1:
         raise ProtocolError(f"inputs disagree on the batch dimension: {sorted(counts)}")
-    rows = counts.pop()
+    rows = int(counts.pop())
     if not 1 <= rows <= max_batch_size:
         raise ProtocolError(f"a request may carry 1 to {max_batch_size} rows, this one has {rows}")
     return rows

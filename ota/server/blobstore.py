@@ -7,7 +7,6 @@ Routes stream blobs from here, or redirect to a presigned S3 URL when the store 
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from urllib.parse import unquote, urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ota.core.signing import atomic_write_bytes
+from ota.core.files import atomic_copy, atomic_write_bytes
 from ota.server.errors import BlobNotFoundError, BlobStoreError, ConfigError
 
 CHUNK = 1024 * 1024
@@ -76,15 +75,9 @@ class LocalBlobStore:
             BlobStoreError: The copy failed.
         """
         target = self._path(key)
-        tmp = target.with_name(f".{target.name}.part")
         try:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-            with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK)
-                dst.flush()
-                os.fsync(dst.fileno())
-            tmp.replace(target)
+            atomic_copy(source, target, mode=0o600)
         except OSError as exc:
             raise BlobStoreError(f"cannot store {key}: {exc}") from exc
 

@@ -17,8 +17,8 @@ from typing import Any
 from securesystemslib.signer import Signer, SSlibKey
 
 from ota.core.errors import DocumentFormatError, KeyStoreError
+from ota.core.files import atomic_write_bytes
 from ota.core.signing import (
-    atomic_write_bytes,
     generate_ed25519_signer,
     key_from_dict,
     key_to_dict,

@@ -30,6 +30,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+# Safe defaults of a phase and of the abort rule: one owner (ota.core.rollout_defaults), shared with the
+# release pipeline; re-exported here for the API, the CLI and the settings.
+from ota.core.rollout_defaults import DEFAULT_FAILURE_THRESHOLD as DEFAULT_FAILURE_THRESHOLD
+from ota.core.rollout_defaults import DEFAULT_MIN_REPORTS as DEFAULT_MIN_REPORTS
+from ota.core.rollout_defaults import DEFAULT_MIN_REPORTS_FOR_ABORT as DEFAULT_MIN_REPORTS_FOR_ABORT
+from ota.core.rollout_defaults import DEFAULT_MIN_SOAK_SECONDS as DEFAULT_MIN_SOAK_SECONDS
+from ota.core.rollout_defaults import DEFAULT_MIN_SUCCESS_RATIO as DEFAULT_MIN_SUCCESS_RATIO
+from ota.core.rollout_defaults import DEFAULT_PERCENTS as DEFAULT_PERCENTS
 from ota.server.errors import RolloutStateError
 
 
@@ -71,14 +79,6 @@ TRANSITIONS: dict[tuple[RolloutState, RolloutEvent], RolloutState] = {
     # The failure rule with action "pause" flags a completed rollout for an operator.
     (RolloutState.COMPLETED, RolloutEvent.PAUSE): RolloutState.PAUSED,
 }
-
-#: Safe defaults of a phase, used by the API, the CLI and the settings alike (one place).
-DEFAULT_PERCENTS: tuple[float, ...] = (1.0, 10.0, 50.0, 100.0)
-DEFAULT_MIN_SOAK_SECONDS = 60
-DEFAULT_MIN_REPORTS = 1
-DEFAULT_MIN_SUCCESS_RATIO = 0.5
-DEFAULT_FAILURE_THRESHOLD = 0.1
-DEFAULT_MIN_REPORTS_FOR_ABORT = 5
 
 
 @dataclass(frozen=True)

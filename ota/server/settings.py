@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ota.core.files import atomic_write_bytes
 from ota.core.nudge import DEFAULT_TOPIC_PREFIX
-from ota.core.signing import atomic_write_bytes
 from ota.server.errors import ConfigError
 from ota.server.rollout_machine import (
     DEFAULT_MIN_REPORTS,

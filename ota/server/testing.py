@@ -1,12 +1,21 @@
-"""Test and benchmark helpers that play a device against the server's HTTP API.
+"""Test, benchmark and demo helpers: one live-server harness and a device that plays the server's HTTP API.
 
-Not used by the server itself. Tests (unit, through ``TestClient``; integration, through a real socket)
-and ``bench/poll_bench.py`` share this small device so that the wire format is exercised the same way the
-edge agent does, through ``ota.core.manifest``. Any httpx-compatible client works (``TestClient`` included).
+Not used by the server itself. The harness (:func:`free_port`, :func:`serve_in_thread` in this process,
+:func:`serve_process` as ``edgefleet server run`` in a child process) is the one the tests, the benches and
+the ``make run`` demo start servers with. Tests (unit, through ``TestClient``; integration, through a real
+socket) and ``bench/poll_bench.py`` share the small device (:class:`SimDevice`) so that the wire format is
+exercised the same way the edge agent does, through ``ota.core.manifest``. Any httpx-compatible client works
+(``TestClient`` included).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +39,17 @@ from ota.core.signing import generate_ed25519_signer, key_to_dict, sign_document
 
 if TYPE_CHECKING:
     from ota.server.context import ServerContext
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the kernel's pick; another process may take it before use)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerStartError(RuntimeError):
+    """A server the harness started did not come up (it exited, or did not answer in time)."""
 
 
 class Served(NamedTuple):
@@ -77,13 +97,121 @@ def serve_in_thread(
     deadline = time.monotonic() + 20
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("OTA server did not start")
+            raise ServerStartError("OTA server did not start")
         time.sleep(0.02)
     try:
         yield Served(f"http://127.0.0.1:{port}", admin, provisioning)
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    """A server :func:`serve_process` runs: URL, state folder and tokens."""
+
+    url: str
+    home: Path
+    operator_token: str
+    provisioning_token: str
+
+
+def process_environment(home: Path, port: int) -> dict[str, str]:
+    """Settings of a harness server: state under ``home``, fast rollout ticks, no poll jitter."""
+    return {
+        "EDGEFLEET_HOME": str(home),
+        "EDGEFLEET_PORT": str(port),
+        "EDGEFLEET_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "EDGEFLEET_POLL_INTERVAL": "1",
+        "EDGEFLEET_POLL_JITTER": "0",
+        "EDGEFLEET_ROLLOUT_TICK_INTERVAL": "0.5",
+        "EDGEFLEET_CACHE_REFRESH_INTERVAL": "0.2",
+    }
+
+
+def create_tokens(home: Path, *, label: str) -> tuple[str, str]:
+    """Migrate the server's database under ``home``; create an admin operator and an auto-accept
+    provisioning token, both named ``label``.
+
+    Raises:
+        ServerError: The database or key folder cannot be prepared.
+    """
+    from ota.server.auth import create_operator_token, create_provisioning_token
+    from ota.server.context import build_context
+    from ota.server.db import transaction
+    from ota.server.settings import load_settings
+
+    ctx = build_context(load_settings(home=home), migrate=True)
+    try:
+        with transaction(ctx.sessions) as session:
+            _row, operator = create_operator_token(session, name=label, scopes=["admin"])
+            _prow, provisioning = create_provisioning_token(session, name=label, auto_accept=True)
+    finally:
+        ctx.close()
+    return operator, provisioning
+
+
+@contextmanager
+def serve_process(home: Path, *, label: str, fresh: bool = True) -> Iterator[ServerProcess]:
+    """Start ``edgefleet server run`` in a child process; stop it (its whole process group) on exit.
+
+    Args:
+        home: The server's state folder (its log is ``home/server.log``).
+        label: Name of the tokens it makes.
+        fresh: Delete the folder first. False reopens an earlier server's state (new tokens are added).
+
+    Raises:
+        ServerStartError: The server exited or did not answer within 60 s.
+    """
+    if fresh and home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, **process_environment(home, port)}
+    operator, provisioning = create_tokens(home, label=label)
+    log_path = home / "server.log"
+    executable = Path(sys.executable).with_name("edgefleet")
+    command = (
+        [str(executable)]
+        if executable.exists()
+        else [sys.executable, "-c", "from ota.cli import main; main()"]
+    )
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [*command, "server", "run", "--port", str(port), "--host", "127.0.0.1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stopping it stops uvicorn's children too
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, process, log_path)
+        yield ServerProcess(url=url, home=home, operator_token=operator, provisioning_token=provisioning)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerStartError(f"the OTA server exited with {process.returncode}; see {log}")
+        try:
+            if httpx.get(f"{url}/v1/tuf/1.root.json", timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise ServerStartError(f"the OTA server did not answer within {timeout_s:.0f} s; see {log}")
 
 
 class HttpClient(Protocol):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
 
 from registry.lineage import Lineage
 from registry.store import ensure_experiment, register_variant, use_tracking_uri
+from tests.onnx_factory import linear_onnx
 
 MODEL = "edgefleet-digits-cpu-int8-small"
 PROFILE = "cpu-int8-small"
@@ -32,19 +32,7 @@ LINEAGE = Lineage(
 def digits_onnx(path: Path) -> Path:
     """Write a valid ONNX classifier of 8x8 digits (logits = flatten(x) @ W) to ``path``; return it."""
     weights = np.arange(640, dtype=np.float32).reshape(64, 10) / 640
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["x"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "W"], ["logits"]),
-        ],
-        "digits",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
-        initializer=[numpy_helper.from_array(weights, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.write_bytes(model.SerializeToString())
+    path.write_bytes(linear_onnx(weights, input_shape=[1, 1, 8, 8], name="digits"))
     return path
 
 

@@ -87,7 +87,7 @@ from ota.core.delta.format import (
     tensor_chunks,
     unzigzag,
 )
-from ota.core.files import sha256_file
+from ota.core.files import fsync_dir, sha256_file
 
 _IO_CHUNK = 1 << 20
 # zstd adds at most a few bytes per 128 KiB block to incompressible data, so a compressed plane larger than
@@ -464,11 +464,7 @@ def _read_chunk_words(
 def _fsync_directory(directory: Path) -> None:
     # Makes the rename durable across power loss; not every platform can open a directory, hence suppress.
     with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(directory)
 
 
 class _BaseDigest:

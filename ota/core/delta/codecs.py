@@ -86,7 +86,7 @@ def predict(
             product = np.multiply(values, np.repeat(channel_scales, stops - starts), dtype=np.float32)
         # One float64 sum is finite exactly when every product is (it cannot overflow): the cheap common case.
         all_finite = bool(np.isfinite(product.sum(dtype=np.float64)))
-    bits = product.view(np.uint32)
+    bits: npt.NDArray[np.uint32] = product.view(np.uint32)
     if not all_finite:
         bits = np.where(np.isfinite(product), bits, values.view(np.uint32))
     return bits

@@ -77,6 +77,7 @@ from ota.core.delta.format import (
     tensor_chunks,
 )
 from ota.core.delta.onnx_layout import ONNX_ITEMSIZE, TensorSpan, parse_onnx_layout
+from ota.core.files import atomic_write_bytes
 
 # Tensors smaller than this stay in the skeleton: per-plane records would cost more than they save, and the
 # skeleton's zstd (with the base skeleton as dictionary) handles small, mostly unchanged arrays well.
@@ -719,16 +720,9 @@ def build_patch(
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
-    path = path.absolute()
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with temp.open("wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temp.replace(path)
+        atomic_write_bytes(path.absolute(), payload)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
         raise DeltaInputError(f"cannot write patch {path}: {exc.strerror or exc}") from exc
 
 

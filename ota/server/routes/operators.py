@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from ota.core.manifest import AdmissionState
+from ota.core.targets import NAME_PATTERN
 from ota.server.admission import revoke_device, revoke_token, set_admission
 from ota.server.auth import create_operator_token, create_provisioning_token
 from ota.server.db import read_counter
@@ -39,7 +40,6 @@ from ota.server.models import (
     StatusReportRow,
 )
 from ota.server.releases import (
-    NAME_PATTERN,
     SHA256_PATTERN,
     fetch_staged_selftest,
     publish_release,
@@ -467,7 +467,8 @@ def installed_release(session: Any, sha256: str | None) -> Release | None:
     if not sha256:
         return None
     query = select(Release).where(Release.sha256 == sha256).order_by(Release.created_at.desc()).limit(1)
-    return session.scalars(query).first()
+    found: Release | None = session.scalars(query).first()
+    return found
 
 
 def report_message(body: dict[str, Any] | None) -> str | None:

@@ -9,7 +9,6 @@ many bytes were downloaded twice.
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from ota.server.rollout_machine import ACTIVE_STATES, RolloutState
+from ota.server.testing import free_port
 
 # Rollout states in which a rollout no longer holds its selector.
 SETTLED = frozenset(s.value for s in RolloutState) - {s.value for s in ACTIVE_STATES}
@@ -242,12 +242,6 @@ class LiveServer:
         return answer.json()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def server_settings(home: Path, *, port: int, public_base_url: str | None = None, **overrides: Any) -> Any:
     """The OTA server settings of the edge tests (both tiers): fast ticks, no soak, no jitter."""
     from ota.server.settings import load_settings
@@ -286,5 +280,5 @@ def serve_ota(
 @pytest.fixture
 def ota_server(tmp_path: Path) -> Iterator[LiveServer]:
     """Start the real OTA server (SQLite + local blobs) on uvicorn in a thread, for one test."""
-    with serve_ota(tmp_path / "server", port=_free_port()) as server:
+    with serve_ota(tmp_path / "server", port=free_port()) as server:
         yield server

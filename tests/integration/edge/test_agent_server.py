@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from ota.edge.agent import Agent
 from ota.edge.config import AgentConfig
 from ota.edge.state import Phase
+from tests.onnx_factory import linear_onnx as make_linear_onnx
 
 from .conftest import LiveServer
 
@@ -27,16 +27,7 @@ def linear_onnx(seed: int, *, size: int = 64, tweak: float = 0.0) -> bytes:
     rng = np.random.default_rng(seed)
     weights = rng.normal(size=(size, 10)).astype(np.float32)
     weights[0, :] += tweak  # a small retrain: most bytes stay the same
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["logits"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
-        initializer=[numpy_helper.from_array(weights, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+    return make_linear_onnx(weights)
 
 
 def make_agent(server: LiveServer, state_dir: Path, **kwargs) -> Agent:

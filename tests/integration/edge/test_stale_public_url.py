@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from ota.edge.identity import DeviceIdentity
+from ota.server.testing import free_port
 
-from .conftest import LiveServer, _free_port, serve_ota
+from .conftest import LiveServer, serve_ota
 from .test_agent_server import PROFILE, linear_onnx, make_agent, poll_until
 
 
@@ -25,7 +26,7 @@ def served(home: Path, port: int, public_base_url: str) -> AbstractContextManage
 
 @pytest.mark.parametrize("token_on_restart", [True, False], ids=["re-enrols", "no-token-uses-own-url"])
 def test_agent_recovers_from_a_wrong_stored_public_url(tmp_path: Path, token_on_restart: bool) -> None:
-    port, dead = _free_port(), _free_port()
+    port, dead = free_port(), free_port()
     home, state = tmp_path / "server", tmp_path / "agent"
     model = linear_onnx(31, size=64)
     with served(home, port, f"http://127.0.0.1:{dead}") as wrong:

@@ -58,8 +58,8 @@ ROOT = Path(__file__).resolve().parents[3]
 README = ROOT / "README.md"
 #: The venv running this test: ``./.venv`` of the clone under ``make test``.
 VENV = Path(sys.executable).parent.parent
-#: The marked blocks, in README order: operator quickstart, device admission, tracing.
-BLOCKS = ("ota-operator", "ota-admission", "ota-trace")
+#: The marked blocks, in README order: operator quickstart, device admission, a simulated fleet, tracing.
+BLOCKS = ("ota-operator", "ota-admission", "ota-fleet", "ota-trace")
 README_PORT = "18080"
 MARKED_BLOCK = re.compile(r"<!-- readme-test: ([\w-]+) -->\n```bash\n(.*?)\n```", re.DOTALL)
 PLACEHOLDERS = {
@@ -72,7 +72,8 @@ BACKGROUND = re.compile(r"^(?P<command>.*?)\s*&\s*(?:#.*)?$")
 ACTIVATE_MARK = "# edgefleet: project-local state"
 COMMAND_TIMEOUT_S = 180.0
 
-# About 20 s (three CLI starts a second, MLflow's store, one server start): under the 30 s of `slow`.
+# About 20 s (three CLI starts a second, MLflow's store, one server start) plus the 20-device fleet simulate;
+# 94 s in all on a loaded 2-core box.
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
@@ -306,6 +307,9 @@ def test_the_readme_ota_commands_run_as_written(clone: Path, tmp_path: Path) -> 
     # The acceptance of issue 15: enrolled pending, accepted, installed the release published from MLflow …
     assert '"outcome": "pending"' in outputs and '"outcome": "installed"' in outputs, outputs
     assert f"{values['DEVICE_ID']}: accepted" in outputs
+    # The simulated fleet converged on the release the quickstart published.
+    (fleet,) = (out for cmd, out in printed.items() if cmd.startswith("edgefleet fleet simulate"))
+    assert "converged" in fleet and "not converged" not in fleet, fleet
     # … and traced to its MLflow version and training run.
     (trace,) = (out for cmd, out in printed.items() if cmd.startswith("edgefleet trace"))
     assert values["DEVICE_ID"] in trace and values["REL_ID"] in trace, trace

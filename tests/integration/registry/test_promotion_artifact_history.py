@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import mlflow
 import onnx
 import pytest
@@ -19,16 +18,9 @@ from onnx import TensorProto, helper
 from typer.testing import Result
 
 from registry.errors import PromotionRefusedError, RegistryError
-from registry.ota_history import ROLLOUT_ID_TAG, SERVER_TAG, RolloutRecord, read_rollout
-from registry.promotion import (
-    ARTIFACT_SHA_CHECK,
-    ARTIFACT_SIZE_CHECK,
-    OTA_HISTORY_CHECK,
-    history_events,
-    promote,
-    review_promotion,
-    rollback,
-)
+from registry.ota_history import ROLLOUT_ID_TAG, SERVER_TAG, RolloutRecord
+from registry.policy import ARTIFACT_SHA_CHECK, ARTIFACT_SIZE_CHECK, OTA_HISTORY_CHECK, history_events
+from registry.promotion import promote, review_promotion, rollback
 from registry.store import register_variant, use_tracking_uri
 
 from .conftest import GATES, LINEAGE, MODEL, Store, metrics_for
@@ -153,34 +145,3 @@ def test_rollback_keeps_the_earlier_rollback_record(store: Store, cli: Cli) -> N
     assert shown.exit_code == 0, shown.output
     assert "history (append-only)" in shown.output
     assert "first incident INC-1" in shown.output and "second incident INC-2" in shown.output
-
-
-# ---- the HTTP reader, against a faked OTA server ------------------------------------------------------
-
-
-def _client(status: int, body: object) -> httpx.Client:
-    def handler(request: httpx.Request) -> httpx.Response:
-        assert request.headers["Authorization"] == "Bearer op-token"
-        assert request.url.path == "/v1/rollouts/ro-9"
-        return httpx.Response(status, json=body)
-
-    return httpx.Client(transport=httpx.MockTransport(handler))
-
-
-def test_read_rollout_parses_the_servers_answer() -> None:
-    answer = {"id": "ro-9", "state": "aborted", "reason": "failure rate 0.5 > 0.1"}
-    record = read_rollout("http://ota.invalid", "ro-9", token="op-token", client=_client(200, answer))
-    assert record == RolloutRecord("ro-9", "aborted", "failure rate 0.5 > 0.1") and record.withdrawn
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "fragment"),
-    [
-        (401, {"error": "unknown operator token"}, "HTTP 401: unknown operator token"),
-        (404, {"error": "no rollout ro-9"}, "HTTP 404"),
-        (200, {"id": "ro-9"}, "not a rollout"),
-    ],
-)
-def test_read_rollout_maps_failures_to_registry_errors(status: int, body: object, fragment: str) -> None:
-    with pytest.raises(RegistryError, match=fragment):
-        read_rollout("http://ota.invalid", "ro-9", token="op-token", client=_client(status, body))

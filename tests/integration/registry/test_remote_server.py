@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
+from ota.server.testing import free_port
 from registry.cli import models_app
 from registry.store import client_for
 
 from .conftest import MODEL, Template
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner, Result
 
 from ota.cli import app
 from ota.server.testing import SimDevice
 from ota.server.testing import write_selftest_vectors as npz
 from tests.integration.server.conftest import LiveServer, free_port, live_server, settings_for
+from tests.onnx_factory import linear_onnx
 
 REPO = Path(__file__).resolve().parents[3]
 Cli = Callable[..., Result]
@@ -28,16 +28,7 @@ Cli = Callable[..., Result]
 def onnx_model(path: Path, scale: float, *, features: int = 4) -> Path:
     """A valid ONNX model: logits = flatten(x) @ W, W depending on ``scale``."""
     weights = (np.arange(features * 10, dtype=np.float32).reshape(features, 10) * scale).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["logits"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, features])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
-        initializer=[numpy_helper.from_array(weights, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.write_bytes(model.SerializeToString())
+    path.write_bytes(linear_onnx(weights))
     return path
 
 

@@ -9,31 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+
+from tests.onnx_factory import linear_onnx
 
 
 def build_linear_model(weights: np.ndarray, bias: np.ndarray, *, opset: int = 17) -> bytes:
     """Return an ONNX model computing ``x @ weights + bias`` for x of shape (batch, in)."""
-    n_in, n_out = weights.shape
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "W"], ["xw"]),
-            helper.make_node("Add", ["xw", "b"], ["logits"]),
-        ],
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_in])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n_out])],
-        initializer=[
-            numpy_helper.from_array(weights.astype(np.float32), "W"),
-            numpy_helper.from_array(bias.astype(np.float32), "b"),
-        ],
+    return linear_onnx(
+        weights, bias=bias, input_shape=["batch", weights.shape[0]], opset=opset, name="linear"
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 @pytest.fixture

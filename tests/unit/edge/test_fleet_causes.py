@@ -78,11 +78,18 @@ def test_work_dirs_are_per_server_url_and_server_identity(tmp_path: Path) -> Non
 
 def _operator(status: int, body: object) -> OperatorApi:
     transport = httpx.MockTransport(lambda request: httpx.Response(status, json=body))
-    return OperatorApi("http://ota.invalid", "t", client=httpx.Client(transport=transport))
+    return OperatorApi("http://ota.invalid", "t", transport=transport)
+
+
+def _release(profile: str) -> dict[str, object]:
+    return {
+        "id": f"rel-{profile}", "model": "m", "version": "1", "profile": profile, "sha256": "ab" * 32,
+        "length": 10, "target_name": f"m/{profile}/1.onnx", "created_at": "2026-01-01T00:00:00Z",
+    }  # fmt: skip
 
 
 def test_auto_profile_with_several_release_profiles_lists_them(tmp_path: Path) -> None:
-    api = _operator(200, [{"profile": "cam-v2"}, {"profile": "cpu-int8-small"}])
+    api = _operator(200, [_release("cam-v2"), _release("cpu-int8-small")])
     options = FleetOptions(server="http://ota.invalid", provisioning_token="p", work_dir=tmp_path)
     with pytest.raises(FleetSetupError, match="one of: cam-v2, cpu-int8-small"):
         prepare_fleet(options, operator_token="t", api=api)
@@ -98,4 +105,11 @@ def test_a_token_without_admin_scope_is_named_with_the_server_message(tmp_path: 
     api = _operator(403, {"error": "this token lacks the admin scope"})
     options = FleetOptions(server="http://ota.invalid", work_dir=tmp_path)
     with pytest.raises(FleetSetupError, match="HTTP 403: this token lacks the admin scope"):
+        prepare_fleet(options, operator_token="t", api=api)
+
+
+def test_an_answer_that_is_not_a_release_list_is_a_setup_error(tmp_path: Path) -> None:
+    api = _operator(200, [{"profile": "cam-v2"}])
+    options = FleetOptions(server="http://ota.invalid", provisioning_token="p", work_dir=tmp_path)
+    with pytest.raises(FleetSetupError, match=r"listing releases: .*lacks the field"):
         prepare_fleet(options, operator_token="t", api=api)

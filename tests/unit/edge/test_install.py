@@ -15,6 +15,7 @@ import httpx
 import pytest
 import zstandard
 
+from ota.core.files import atomic_write_bytes
 from ota.core.manifest import ReportStatus
 from ota.edge.config import AgentConfig
 from ota.edge.fetch import Fetcher, make_client
@@ -36,9 +37,7 @@ def fake_apply(base: Path | None, patch: Path, out: Path, *, max_output_bytes: i
     if not raw.startswith(b"FAKE") or base is None or raw[4:36] != bytes.fromhex(sha(base.read_bytes())):
         raise ValueError("wrong base or not a patch")
     data = zstandard.ZstdDecompressor().decompress(raw[36:], max_output_size=max_output_bytes or 0)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
+    atomic_write_bytes(out, data)
 
 
 class Files:

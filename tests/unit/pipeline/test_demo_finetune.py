@@ -9,7 +9,7 @@ import numpy as np
 
 from ml.config import TrainingPipelineConfig
 from ml.data import load_npz, load_splits
-from pipelines.demo import make_field_data, retrain_config
+from pipelines.demo_config import make_field_data, retrain_config
 
 TRAINING: dict[str, Any] = {
     "model": {"name": "x"},

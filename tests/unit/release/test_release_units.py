@@ -9,13 +9,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from pipelines.demo import DemoError, make_slow_model
+from ml.errors import ExportError
+from ml.slow_model import make_slow_model
 from registry.fetch import VersionFacts
 from registry.trace import TraceError, parse_source_uri, release_source_uri
 from steps.release_config import ReleasePipelineConfig
 from steps.release_rollout import rollout_body
+from tests.onnx_factory import linear_onnx
 
 
 def _facts(name: str = "edgefleet-digits-cpu-int8-small", version: str = "7") -> VersionFacts:
@@ -58,18 +60,8 @@ def test_plain_source_uri_without_provenance_still_names_the_version() -> None:
 
 
 def _tiny_model(path: Path) -> None:
-    weights = numpy_helper.from_array(np.arange(64 * 10, dtype=np.float32).reshape(64, 10) / 640, "w")
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["x"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        [weights],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    weights = np.arange(64 * 10, dtype=np.float32).reshape(64, 10) / 640
+    path.write_bytes(linear_onnx(weights, input_shape=["batch", 1, 8, 8], name="tiny"))
 
 
 def test_slow_graft_keeps_the_logits_and_adds_work(tmp_path: Path) -> None:
@@ -91,7 +83,7 @@ def test_slow_graft_refuses_models_with_several_outputs(tmp_path: Path) -> None:
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("a", "b")],
     )
     onnx.save(helper.make_model(graph), str(tmp_path / "two.onnx"))
-    with pytest.raises(DemoError):
+    with pytest.raises(ExportError, match="one input and one output"):
         make_slow_model(tmp_path / "two.onnx", tmp_path / "out.onnx", matmuls=1)
 
 
@@ -132,3 +124,14 @@ def test_selftest_inputs_have_the_training_preprocessing() -> None:
     resized = selftest_inputs(DataConfig(source="digits", input_size=(3, 16, 16)), 4)
     assert raw.shape == (4, 1, 8, 8)
     assert resized.shape == (4, 3, 16, 16) and resized.dtype == np.float32
+
+
+def test_the_release_pipeline_rollout_defaults_are_the_servers() -> None:
+    from ota.server.schemas import RolloutCreate
+    from steps.release_config import RolloutConfig
+
+    pipeline = RolloutConfig()
+    server = RolloutCreate.model_fields
+    assert pipeline.failure_threshold == server["failure_threshold"].default
+    assert pipeline.min_reports_for_abort == server["min_reports_for_abort"].default
+    assert [phase.percent for phase in pipeline.phases] == [1.0, 10.0, 50.0, 100.0]

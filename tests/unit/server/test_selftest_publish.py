@@ -26,6 +26,7 @@ from ota.server.releases import (
     stage_selftest,
 )
 from ota.server.testing import write_selftest_vectors as npz
+from tests.onnx_factory import linear_onnx
 
 
 def model(path: Path, text: str) -> Path:
@@ -134,19 +135,7 @@ def test_same_bytes_under_a_new_version_reuse_the_delta(ctx: ServerContext, tmp_
 
 
 def _tiny_onnx() -> bytes:
-    from onnx import TensorProto, helper, numpy_helper
-
-    weights = np.arange(40, dtype=np.float32).reshape(4, 10)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["logits"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
-        initializer=[numpy_helper.from_array(weights, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return bytes(model.SerializeToString())
+    return linear_onnx(np.arange(40, dtype=np.float32).reshape(4, 10))
 
 
 @pytest.mark.parametrize("cut", [1, 20, 0.5, -1])
