@@ -189,7 +189,9 @@ def run(args: argparse.Namespace, home: Path) -> None:
 
         def release_and_roll_out(label: str, version: str) -> None:
             timed(f"release {label} (publish + vectors + rollout start)", lambda: run_release(release_path))
-            rollout = latest_rollout_id(server, version)
+            rollout = latest_rollout_id(server.url, server.operator_token, version)
+            if rollout is None:
+                raise SystemExit(f"no rollout of version {version} on the server")
             fleets[label] = timed(
                 f"rollout {label} to {args.devices} agents (10 → 50 → 100 %)",
                 lambda: drive_fleet(

@@ -42,7 +42,9 @@ import psutil
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).parent))
-from poll_bench import LUA, free_port, run_wrk, wait_ready
+from poll_bench import LUA, run_wrk, wait_ready, warm
+
+from ota.server.testing import free_port
 
 TOKEN_SECRET = "scale-bench-secret-" + "x" * 32
 PROFILE = "cpu-generic"
@@ -423,14 +425,7 @@ def run(
                 for name, cost in old_steps.items():
                     results.append((f"  old path step (profiled): {name}", f"{cost * 1000:.3f} ms"))
             # Steady state: every sampled device polls with its current ETag.
-            entries = []
-            with httpx.Client(base_url=server_url, timeout=30) as client:
-                for device_id, token in tokens:
-                    answer = client.get(
-                        f"/v1/devices/{device_id}/assignment", headers={"Authorization": f"Bearer {token}"}
-                    )
-                    answer.raise_for_status()
-                    entries.append((device_id, token, answer.headers["etag"]))
+            entries = warm(server_url, tokens)
             lua = home / "poll.lua"
             lua.write_text(LUA)
             devices_file = home / "devices.lua"
