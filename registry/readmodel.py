@@ -24,7 +24,8 @@ An integration test renders `models list/show` through both paths on the same st
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,17 +96,24 @@ class SqlRegistryReader:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def _connect(self) -> Connection:
-        return self._engine.connect()
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        """A connection; a database error (locked, corrupt, gone) becomes one clear ``RegistryError``."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise RegistryError(f"cannot read the MLflow registry at {self._engine.url}: {exc}") from exc
 
     def schema_revision(self) -> str | None:
         from sqlalchemy import text
-        from sqlalchemy.exc import SQLAlchemyError
 
         try:
             with self._connect() as conn:
                 row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
-        except SQLAlchemyError:
+        except RegistryError:
             return None
         return str(row[0]) if row else None
 
@@ -260,6 +268,10 @@ class SqlRegistryReader:
             root = Path(location)
         else:
             return None
+        if not root.is_dir():
+            raise RegistryError(
+                f"cannot list the artifacts of {record.name} version {record.version}: no folder at {root}"
+            )
         files: list[tuple[str, int | None]] = []
         try:
             for path in root.rglob("*"):
@@ -269,10 +281,6 @@ class SqlRegistryReader:
             raise RegistryError(
                 f"cannot list the artifacts of {record.name} version {record.version}: {exc}"
             ) from exc
-        if not root.is_dir():
-            raise RegistryError(
-                f"cannot list the artifacts of {record.name} version {record.version}: no folder at {root}"
-            )
         return sorted(files)
 
 

@@ -94,3 +94,15 @@ def test_commands_print_the_same_through_both_paths(
 
 def _ageless(text: str) -> str:
     return re.sub(r"(?<=\s)\d+[smhd](?=\s+│)", "AGE", text)
+
+
+def test_a_database_error_is_a_registry_error(store: Store) -> None:
+    import sqlite3
+
+    from registry.errors import RegistryError
+
+    reader = _reader(store)
+    with sqlite3.connect(store.uri.removeprefix("sqlite:///")) as db:
+        db.execute("DROP TABLE model_version_tags")
+    with pytest.raises(RegistryError, match="cannot read the MLflow registry"):
+        reader.versions(MODEL)
